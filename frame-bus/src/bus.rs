@@ -1,0 +1,322 @@
+//! The [`FrameBus`] handle: open, publish, subscribe, stats, close.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use proto::{FrameEnvelope, FrameType};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tracing::warn;
+
+use crate::retention::{self, RetentionReport};
+use crate::stats::{BusStats, ConsumerStats};
+use crate::store::{self, CursorState, Shared};
+use crate::writer::{PublishRequest, Request, Writer};
+use crate::{BusConfig, BusError, StartFrom};
+
+/// Seqs assigned to one publish call: `first..=last`, consecutive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+impl SeqRange {
+    /// Number of frames in the range.
+    pub fn len(&self) -> u64 {
+        self.last + 1 - self.first
+    }
+    /// Never true for a range returned by the bus.
+    pub fn is_empty(&self) -> bool {
+        self.last < self.first
+    }
+}
+
+struct Threads {
+    writer: Option<JoinHandle<()>>,
+    retention: Option<JoinHandle<()>>,
+    retention_stop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    head_rx: watch::Receiver<u64>,
+    cursor_wakeup: Arc<Notify>,
+    threads: Mutex<Threads>,
+}
+
+/// The frame bus. Cheap to clone; all clones share one writer.
+/// The bus closes when [`FrameBus::close`] is called or the last clone drops.
+#[derive(Clone)]
+pub struct FrameBus {
+    inner: Arc<Handle>,
+}
+
+impl std::fmt::Debug for FrameBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameBus")
+            .field("path", &self.inner.shared.path)
+            .field("head", &self.inner.shared.head())
+            .finish()
+    }
+}
+
+fn valid_consumer_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_control)
+}
+
+impl FrameBus {
+    /// Opens or creates the bus in directory `path` and starts its writer and
+    /// retention threads. Recovery is a few seeks, independent of the backlog.
+    pub fn open(path: impl AsRef<Path>, config: BusConfig) -> Result<FrameBus, BusError> {
+        let queue = config.queue_capacity.max(1);
+        let (shared, head_tx, head_rx) = store::open(path.as_ref(), config)?;
+        let shared = Arc::new(shared);
+        let (tx, rx) = mpsc::channel(queue);
+        let cursor_wakeup = Arc::new(Notify::new());
+        if shared.cursors_dirty.load(Ordering::Acquire) {
+            cursor_wakeup.notify_one();
+        }
+        let writer = Writer::new(shared.clone(), rx, cursor_wakeup.clone(), head_tx);
+        let spawn_err = |e: std::io::Error| BusError::Io {
+            path: path.as_ref().to_path_buf(),
+            source: e,
+        };
+        let writer = std::thread::Builder::new()
+            .name("frame-bus-writer".into())
+            .spawn(move || writer.run())
+            .map_err(spawn_err)?;
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+        let sh = shared.clone();
+        let retention = std::thread::Builder::new()
+            .name("frame-bus-retention".into())
+            .spawn(move || retention::run(sh, stop_rx))
+            .map_err(spawn_err)?;
+        Ok(FrameBus {
+            inner: Arc::new(Handle {
+                shared,
+                tx: Mutex::new(Some(tx)),
+                head_rx,
+                cursor_wakeup,
+                threads: Mutex::new(Threads {
+                    writer: Some(writer),
+                    retention: Some(retention),
+                    retention_stop: Some(stop_tx),
+                }),
+            }),
+        })
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Request>, BusError> {
+        self.inner
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(BusError::Closed)
+    }
+
+    /// Publishes one frame; returns its seq once it is durable per the sync mode.
+    pub async fn publish(&self, frame_type: FrameType, data: Vec<u8>) -> Result<u64, BusError> {
+        self.publish_batch(vec![(frame_type, data)])
+            .await
+            .map(|r| r.first)
+    }
+
+    /// Publishes frames as one unit: consecutive seqs, one write, one reply.
+    pub async fn publish_batch(&self, frames: Vec<(FrameType, Vec<u8>)>) -> Result<SeqRange, BusError> {
+        if frames.is_empty() {
+            return Err(BusError::EmptyBatch);
+        }
+        if let Some((t, _)) = frames.iter().find(|(t, _)| *t == FrameType::Unspecified) {
+            return Err(BusError::InvalidFrameType(*t as i32));
+        }
+        let enqueued = Instant::now();
+        let bytes = frames.iter().map(|f| f.1.len()).sum();
+        // Checksums are computed here, in the publisher's task, not in the writer.
+        let frames = frames
+            .into_iter()
+            .map(|(t, d)| FrameEnvelope::new(0, 0, t, d))
+            .collect();
+        let (reply, rx) = oneshot::channel();
+        {
+            // The sender clone is dropped before waiting for the reply, so a
+            // pending publish never keeps the writer alive past `close`.
+            let tx = self.sender()?;
+            tx.send(Request::Publish(PublishRequest {
+                frames,
+                bytes,
+                enqueued,
+                reply,
+            }))
+            .await
+            .map_err(|_| BusError::Closed)?;
+        }
+        rx.await.map_err(|_| BusError::Closed)?
+    }
+
+    /// Subscribes as `consumer`, resuming after its stored cursor. A consumer
+    /// seen for the first time is registered (and persisted) at `start`, or at
+    /// the configured `default_start` when `None`; from then on retention keeps
+    /// the frames it has not acknowledged.
+    pub fn subscribe(&self, consumer: &str, start: Option<StartFrom>) -> Result<crate::Subscription, BusError> {
+        if !valid_consumer_name(consumer) {
+            return Err(BusError::InvalidConsumerName(consumer.to_string()));
+        }
+        let sh = &self.inner.shared;
+        let next = {
+            let mut map = sh.cursors();
+            let floor = sh.deleted_through.load(Ordering::Acquire);
+            let st = map.entry(consumer.to_string()).or_insert_with(|| {
+                let at = match start.unwrap_or(sh.config.default_start) {
+                    StartFrom::Earliest => floor,
+                    StartFrom::Latest => sh.head(),
+                };
+                CursorState {
+                    acked: at,
+                    persisted: at,
+                    active: false,
+                    skipped_dropped: 0,
+                    needs_write: true,
+                }
+            });
+            if st.active {
+                return Err(BusError::ConsumerBusy(consumer.to_string()));
+            }
+            st.active = true;
+            let needs_write = st.needs_write;
+            let next = st.acked + 1;
+            drop(map);
+            if needs_write {
+                sh.cursors_dirty.store(true, Ordering::Release);
+                self.inner.cursor_wakeup.notify_one();
+            }
+            next
+        };
+        Ok(crate::Subscription::new(
+            sh.clone(),
+            consumer.to_string(),
+            next,
+            self.inner.head_rx.clone(),
+            self.inner.cursor_wakeup.clone(),
+        ))
+    }
+
+    /// Unregisters a consumer: its cursor is deleted and retention stops
+    /// keeping frames for it. Fails with `ConsumerBusy` while it is subscribed.
+    pub fn remove_consumer(&self, consumer: &str) -> Result<bool, BusError> {
+        let sh = &self.inner.shared;
+        let _writes = sh.cursor_write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = sh.cursors();
+        match map.get(consumer) {
+            None => return Ok(false),
+            Some(st) if st.active => return Err(BusError::ConsumerBusy(consumer.to_string())),
+            Some(_) => {}
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(sh.config.sync.fsyncs());
+        sh.db
+            .delete_cf_opt(sh.cf(crate::keys::CF_CURSORS), consumer.as_bytes(), &wo)
+            .map_err(|e| sh.storage_err(e))?;
+        map.remove(consumer);
+        Ok(true)
+    }
+
+    /// Persists every acknowledged cursor now and waits for it.
+    pub async fn flush_cursors(&self) -> Result<(), BusError> {
+        let (tx, rx) = oneshot::channel();
+        self.sender()?
+            .send(Request::FlushCursors(tx))
+            .await
+            .map_err(|_| BusError::Closed)?;
+        rx.await.map_err(|_| BusError::Closed)?
+    }
+
+    /// Runs one retention pass now (the background task runs one every
+    /// `retention.interval`).
+    pub fn run_retention(&self) -> Result<RetentionReport, BusError> {
+        retention::run_once(&self.inner.shared)
+    }
+
+    /// Last assigned seq.
+    pub fn head_seq(&self) -> u64 {
+        self.inner.shared.head()
+    }
+
+    /// Directory of the RocksDB instance.
+    pub fn path(&self) -> &Path {
+        &self.inner.shared.path
+    }
+
+    /// A snapshot of positions and counters for metrics.
+    pub fn stats(&self) -> BusStats {
+        let sh = &self.inner.shared;
+        let c = &sh.counters;
+        let head = sh.head();
+        let oldest = sh.oldest().min(head + 1);
+        let mut consumers: Vec<ConsumerStats> = sh
+            .cursors()
+            .iter()
+            .map(|(name, st)| ConsumerStats {
+                name: name.clone(),
+                cursor: st.acked,
+                persisted_cursor: st.persisted,
+                lag: head.saturating_sub(st.acked),
+                skipped_dropped: st.skipped_dropped,
+            })
+            .collect();
+        consumers.sort_by(|a, b| a.name.cmp(&b.name));
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        BusStats {
+            head_seq: head,
+            oldest_seq: oldest,
+            stored_frames: head + 1 - oldest,
+            approx_bytes: sh.approx_bytes(),
+            frames_published_total: r(&c.frames_published),
+            bytes_published_total: r(&c.bytes_published),
+            batches_written_total: r(&c.batches_written),
+            fsyncs_total: r(&c.fsyncs),
+            publish_errors_total: r(&c.publish_errors),
+            disk_full_rejections_total: r(&c.disk_full_rejections),
+            corrupt_frames_total: r(&c.corrupt_frames),
+            malformed_keys_total: r(&c.malformed_keys),
+            corrupt_cursors_total: r(&c.corrupt_cursors),
+            frames_deleted_acked_total: r(&c.frames_deleted_acked),
+            frames_dropped_age_total: r(&c.frames_dropped_age),
+            frames_dropped_size_total: r(&c.frames_dropped_size),
+            cursor_writes_total: r(&c.cursor_writes),
+            consumers,
+            publish_latency: c.publish_latency.snapshot(),
+        }
+    }
+
+    /// Stops accepting publishes, lets the writer finish what is queued,
+    /// persists cursors and joins the background threads. Idempotent.
+    /// The RocksDB instance closes when the last `Subscription` is dropped too.
+    pub fn close(&self) {
+        self.inner.shutdown();
+    }
+}
+
+impl Handle {
+    fn shutdown(&self) {
+        // Dropping the last sender ends the writer loop after the queue drains.
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut t = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        t.retention_stop.take();
+        for h in [t.writer.take(), t.retention.take()].into_iter().flatten() {
+            if h.join().is_err() {
+                warn!("a frame bus thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,104 @@
+//! The frame bus: a RocksDB-backed, sequence-keyed write-ahead log of frames
+//! with a durable cursor per consumer.
+//!
+//! Drivers publish every sample (as a frame) here; every consumer — each sink,
+//! the alert engine — reads from its own cursor. After a crash, a power cut or
+//! a long outage downstream, everything not yet acknowledged replays from
+//! disk. This crate knows nothing about drivers, sinks or config files.
+//!
+//! # On-disk layout
+//!
+//! One RocksDB instance in the bus directory, three column families:
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `frames`  | `frame:{seq:020}` — 26 ASCII bytes, so byte order is seq order | encoded [`proto::FrameEnvelope`] (protobuf), `checksum` = CRC32 of `data` |
+//! | `cursors` | consumer name (UTF-8, ≤ 128 bytes) | last acknowledged seq, u64 big-endian |
+//! | `meta`    | `deleted_through` | u64 big-endian: every seq ≤ it was deleted |
+//!
+//! Frames are LZ4-compressed in SST files; the RocksDB WAL is the durability
+//! point. Deletion is by range tombstone (`[oldest, floor]`) written together
+//! with `deleted_through` in one batch.
+//!
+//! # Invariants
+//!
+//! 1. **Sequence.** Seqs are assigned by the single writer thread: strictly
+//!    increasing from 1, no gaps, never reused. On open the writer continues
+//!    after `max(last stored key, deleted_through)` — found with one seek and
+//!    one point read, never a scan, so sequence numbers keep increasing even
+//!    if every frame had been deleted before the restart.
+//! 2. **Durability of publish.** [`FrameBus::publish`] returns only after the
+//!    frame's `WriteBatch` is in the RocksDB WAL and, in [`SyncMode::Batch`]
+//!    (default) and [`SyncMode::Always`], fsynced. `Batch` is group commit:
+//!    whatever publishers queued while the previous fsync ran is written as
+//!    one batch with one fsync. [`SyncMode::None`] survives a process crash
+//!    (the WAL write reached the kernel) but not a power cut. A failed write
+//!    returns an error to its publishers and assigns no seq.
+//! 3. **Consumers.** A [`Subscription`] delivers frames from its cursor + 1 in
+//!    seq order: first the stored backlog, then live frames (woken by the
+//!    writer, no polling). [`Subscription::ack`] moves the cursor forward in
+//!    memory; the writer persists dirty cursors with its next batch or within
+//!    `cursor_flush_interval`. A restart resumes after the last *persisted*
+//!    cursor: delivery is at-least-once, and a frame not acknowledged is never
+//!    skipped (unless retention force-dropped it — counted, see 4).
+//! 4. **Deletion.** A frame is deleted when every registered consumer's
+//!    persisted cursor is at or past it, or when a retention limit forces it
+//!    (`max_age`, default 24 h; `max_bytes`). Forced drops are counted per
+//!    cause in [`BusStats`] and logged with their seq range; a consumer that
+//!    was behind them logs and counts the skipped range. A consumer with no
+//!    cursor yet starts at `Earliest` (oldest stored) or `Latest` (head).
+//! 5. **Verification.** Every read checks the key format, decodes the
+//!    envelope, verifies its CRC and that its `sequence_id` matches the key.
+//!    A bad record is skipped, counted (`corrupt_frames_total`,
+//!    `malformed_keys_total`), logged once per read with its seqs, and never
+//!    stops a consumer. A bad cursor value found at open is counted and its
+//!    consumer replays from the oldest stored frame (at-least-once holds).
+//! 6. **Disk full.** The writer checks free space before each batch and
+//!    rejects it with [`BusError::DiskFull`] below `min_free_bytes`; a RocksDB
+//!    write error (ENOSPC or other I/O) is likewise returned, never a panic,
+//!    and assigns no seq. Publishing resumes by itself once space is back.
+//!
+//! # Threads
+//!
+//! `frame-bus-writer` (all frame and cursor writes) and `frame-bus-retention`
+//! are OS threads: fsync and compaction block, and must not stall the async
+//! runtime the drivers run on. Subscriptions read RocksDB directly in the
+//! calling task, in chunks of at most 1024 frames.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), frame_bus::BusError> {
+//! use frame_bus::{BusConfig, FrameBus};
+//! use proto::FrameType;
+//! let bus = FrameBus::open("/var/lib/gateway/wal", BusConfig::default())?;
+//! let seq = bus.publish(FrameType::Data, b"encoded DataFrame".to_vec()).await?;
+//! let mut sub = bus.subscribe("influxdb", None)?;
+//! let frame = sub.recv().await?;
+//! // … write it downstream, then:
+//! sub.ack(frame.sequence_id)?;
+//! # let _ = seq; Ok(()) }
+//! ```
+
+mod bus;
+mod config;
+mod disk;
+mod error;
+pub mod keys;
+mod retention;
+mod stats;
+mod store;
+mod subscription;
+mod writer;
+
+pub use bus::{FrameBus, SeqRange};
+pub use config::{BusConfig, RetentionConfig, StartFrom, SyncMode};
+pub use error::BusError;
+pub use retention::RetentionReport;
+pub use stats::{BusStats, ConsumerStats, HistogramSnapshot, LATENCY_BUCKETS};
+pub use subscription::Subscription;
+
+/// Names of the column families (for tools and tests that open the database directly).
+pub mod column_families {
+    pub use crate::keys::{CF_CURSORS as CURSORS, CF_FRAMES as FRAMES, CF_META as META};
+}

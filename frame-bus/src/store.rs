@@ -1,0 +1,401 @@
+//! The RocksDB instance and the state every part of the bus shares:
+//! opening and recovery, reading ranges of frames, consumer cursors.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use proto::{FrameEnvelope, Message};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
+    IteratorMode, Options, ReadOptions, DB,
+};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::keys::{self, frame_key, parse_frame_key, CF_CURSORS, CF_FRAMES, CF_META};
+use crate::stats::Counters;
+use crate::{BusConfig, BusError};
+
+/// In-memory state of one consumer cursor.
+#[derive(Debug, Clone)]
+pub(crate) struct CursorState {
+    /// Last acknowledged seq.
+    pub acked: u64,
+    /// Last acknowledged seq known to be in RocksDB.
+    pub persisted: u64,
+    /// A live `Subscription` holds this name.
+    pub active: bool,
+    /// Frames skipped because retention dropped them before this consumer read them.
+    pub skipped_dropped: u64,
+    /// The stored record must be rewritten even if `acked == persisted`
+    /// (new consumer, or a corrupt record found at open).
+    pub needs_write: bool,
+}
+
+/// State shared by the handle, the writer, the retention task and subscriptions.
+pub(crate) struct Shared {
+    pub db: DB,
+    pub path: PathBuf,
+    pub config: BusConfig,
+    /// Last committed seq; only the writer stores it, after the write returned.
+    pub head: AtomicU64,
+    /// Every seq at or below this is deleted (retention/ack floor).
+    pub deleted_through: AtomicU64,
+    pub cursors: Mutex<HashMap<String, CursorState>>,
+    /// Set by `ack`; cleared by the writer when it persisted cursors.
+    pub cursors_dirty: AtomicBool,
+    /// Serialises cursor writes (writer) with cursor deletes (`remove_consumer`).
+    pub cursor_write_lock: Mutex<()>,
+    /// Serialises retention passes (background thread and `run_retention`).
+    pub retention_lock: Mutex<()>,
+    /// Time stamp of the newest stored frame, so times stay non-decreasing across restarts.
+    pub last_ts_at_open: u64,
+    pub counters: Counters,
+}
+
+/// What reading a range yielded.
+pub(crate) struct ReadOutcome {
+    pub frames: Vec<FrameEnvelope>,
+    /// Highest seq examined (valid or not); the reader resumes after it.
+    pub last_examined: Option<u64>,
+}
+
+impl Shared {
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        // The three column families are created at open (create_missing_column_families),
+        // so a missing handle is a programming error, not input from outside.
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    pub fn cursors(&self) -> MutexGuard<'_, HashMap<String, CursorState>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every update is a single field store), so poisoning is ignored.
+        self.cursors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Lowest seq that may still be stored.
+    pub fn oldest(&self) -> u64 {
+        self.deleted_through.load(Ordering::Acquire) + 1
+    }
+
+    pub fn storage_err(&self, e: rocksdb::Error) -> BusError {
+        BusError::from_rocksdb(e, &self.path)
+    }
+
+    /// Reads up to `max` valid frames with seq in `from..=to`, verifying each.
+    /// Corrupt records are counted, logged once per call with their seqs, and skipped.
+    pub fn read_range(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+        reader: &str,
+    ) -> Result<ReadOutcome, BusError> {
+        let mut out = ReadOutcome {
+            frames: Vec::with_capacity(max.min(to.saturating_sub(from) as usize + 1)),
+            last_examined: None,
+        };
+        if from > to || max == 0 {
+            return Ok(out);
+        }
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(frame_key(from).to_vec());
+        match to.checked_add(1) {
+            Some(end) => opts.set_iterate_upper_bound(frame_key(end).to_vec()),
+            None => opts.set_iterate_upper_bound(keys::FRAMES_UPPER.to_vec()),
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_FRAMES), opts);
+        it.seek(frame_key(from));
+        let mut bad: Vec<(u64, String)> = Vec::new();
+        let mut malformed = 0u64;
+        loop {
+            if !it.valid() {
+                match it.status() {
+                    Ok(()) => break,
+                    // RocksDB found its own block corrupt: count the seq it
+                    // could not read and step past it, never stopping the reader.
+                    Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+                        let at = out.last_examined.map_or(from, |s| s + 1);
+                        if at > to {
+                            break;
+                        }
+                        bad.push((at, format!("rocksdb: {e}")));
+                        out.last_examined = Some(at);
+                        if at == to {
+                            break;
+                        }
+                        it.seek(frame_key(at + 1));
+                        continue;
+                    }
+                    Err(e) => return Err(self.storage_err(e)),
+                }
+            }
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            match parse_frame_key(k) {
+                None => malformed += 1,
+                Some(seq) => {
+                    out.last_examined = Some(seq);
+                    match proto::decode_envelope(v) {
+                        Ok(env) if env.sequence_id == seq => out.frames.push(env),
+                        Ok(env) => bad.push((
+                            seq,
+                            format!("envelope carries seq {} under key seq {seq}", env.sequence_id),
+                        )),
+                        Err(e) => bad.push((seq, e.to_string())),
+                    }
+                    if out.frames.len() >= max {
+                        break;
+                    }
+                }
+            }
+            it.next();
+        }
+        if malformed > 0 {
+            self.counters
+                .malformed_keys
+                .fetch_add(malformed, Ordering::Relaxed);
+            warn!(reader, count = malformed, from, to, "skipped keys outside the frame:{{seq:020}} format");
+        }
+        if !bad.is_empty() {
+            self.counters
+                .corrupt_frames
+                .fetch_add(bad.len() as u64, Ordering::Relaxed);
+            let seqs: Vec<u64> = bad.iter().map(|b| b.0).take(32).collect();
+            warn!(
+                reader,
+                count = bad.len(),
+                first_seq = bad[0].0,
+                last_seq = bad[bad.len() - 1].0,
+                ?seqs,
+                error = %bad[0].1,
+                "skipped corrupt frames"
+            );
+        }
+        Ok(out)
+    }
+
+    /// Timestamp and seq of the first readable frame at or after `seq` (up to `head`).
+    pub fn first_frame_at_or_after(&self, seq: u64, head: u64) -> Result<Option<(u64, u64)>, BusError> {
+        let mut from = seq;
+        while from <= head {
+            let r = self.read_range(from, head, 1, "retention")?;
+            if let Some(f) = r.frames.first() {
+                return Ok(Some((f.sequence_id, f.timestamp_ns)));
+            }
+            match r.last_examined {
+                Some(s) if s < head => from = s + 1,
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Approximate on-disk bytes of the frame column family (SST files + memtables).
+    pub fn approx_bytes(&self) -> u64 {
+        let cf = self.cf(CF_FRAMES);
+        let sst = self
+            .db
+            .property_int_value_cf(cf, "rocksdb.total-sst-files-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let mem = self
+            .db
+            .property_int_value_cf(cf, "rocksdb.size-all-mem-tables")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        sst + mem
+    }
+}
+
+fn db_options(config: &BusConfig) -> (Options, Vec<ColumnFamilyDescriptor>) {
+    let mut db = Options::default();
+    db.create_if_missing(true);
+    db.create_missing_column_families(true);
+    db.set_max_background_jobs(2);
+    db.set_bytes_per_sync(1 << 20);
+    db.set_max_total_wal_size(256 << 20);
+    db.set_keep_log_file_num(3);
+    db.set_max_log_file_size(4 << 20);
+    db.set_recycle_log_file_num(0);
+
+    let mut frames = Options::default();
+    frames.set_write_buffer_size(config.write_buffer_bytes);
+    frames.set_max_write_buffer_number(3);
+    frames.set_target_file_size_base(64 << 20);
+    frames.set_compression_type(DBCompressionType::Lz4);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_size(16 << 10);
+    frames.set_block_based_table_factory(&table);
+
+    let mut small = Options::default();
+    small.set_write_buffer_size(1 << 20);
+
+    let cfs = vec![
+        ColumnFamilyDescriptor::new(CF_FRAMES, frames),
+        ColumnFamilyDescriptor::new(CF_CURSORS, small.clone()),
+        ColumnFamilyDescriptor::new(CF_META, small),
+    ];
+    (db, cfs)
+}
+
+/// Opens (or creates) the bus at `path` and recovers head, floor and cursors
+/// without scanning the frames: one seek to the last key, one read of `meta`,
+/// and a scan of the (small) cursor column family.
+pub(crate) fn open(
+    path: &Path,
+    config: BusConfig,
+) -> Result<(Shared, watch::Sender<u64>, watch::Receiver<u64>), BusError> {
+    std::fs::create_dir_all(path).map_err(|source| BusError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (opts, cfs) = db_options(&config);
+    let db = DB::open_cf_descriptors(&opts, path, cfs)
+        .map_err(|e| BusError::from_rocksdb(e, path))?;
+
+    let counters = Counters::default();
+    let meta = db.cf_handle(CF_META).expect("created at open");
+    let frames_cf = db.cf_handle(CF_FRAMES).expect("created at open");
+
+    // Format version: written on creation; a newer one is refused, not misread.
+    match db.get_cf(meta, keys::META_FORMAT) {
+        Ok(Some(v)) => match keys::decode_u64(&v) {
+            Some(n) if n <= keys::FORMAT_VERSION => {}
+            Some(n) => {
+                return Err(BusError::UnsupportedFormat {
+                    found: n,
+                    supported: keys::FORMAT_VERSION,
+                })
+            }
+            None => warn!(len = v.len(), "meta format_version has a wrong length; assuming version 1"),
+        },
+        Ok(None) => db
+            .put_cf(meta, keys::META_FORMAT, keys::encode_u64(keys::FORMAT_VERSION))
+            .map_err(|e| BusError::from_rocksdb(e, path))?,
+        Err(e) => return Err(BusError::from_rocksdb(e, path)),
+    }
+
+    // Floor: everything at or below it was deleted.
+    let mut deleted_through = match db.get_cf(meta, keys::META_DELETED_THROUGH) {
+        Ok(Some(v)) => match keys::decode_u64(&v) {
+            Some(n) => n,
+            None => {
+                warn!(len = v.len(), "meta deleted_through has a wrong length; recovering it from the frame keys");
+                0
+            }
+        },
+        Ok(None) => 0,
+        Err(e) => return Err(BusError::from_rocksdb(e, path)),
+    };
+
+    // Last and first parseable frame keys: seeks, not scans (malformed keys are skipped and counted).
+    let mut last_key_seq = 0u64;
+    let mut last_ts_at_open = 0u64;
+    let mut first_key_seq = None;
+    {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::FRAMES_UPPER.to_vec());
+        let mut it = db.raw_iterator_cf_opt(frames_cf, ro);
+        it.seek_to_last();
+        while it.valid() {
+            match it.key().and_then(parse_frame_key) {
+                Some(seq) => {
+                    last_key_seq = seq;
+                    if let Some(Ok(env)) = it.value().map(FrameEnvelope::decode) {
+                        last_ts_at_open = env.timestamp_ns;
+                    }
+                    break;
+                }
+                None => {
+                    counters.malformed_keys.fetch_add(1, Ordering::Relaxed);
+                    it.prev();
+                }
+            }
+        }
+        it.status().map_err(|e| BusError::from_rocksdb(e, path))?;
+        if deleted_through == 0 && last_key_seq > 0 {
+            let it2 = db.iterator_cf(frames_cf, IteratorMode::From(&frame_key(0), Direction::Forward));
+            for item in it2 {
+                let (k, _) = item.map_err(|e| BusError::from_rocksdb(e, path))?;
+                if let Some(seq) = parse_frame_key(&k) {
+                    first_key_seq = Some(seq);
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(first) = first_key_seq {
+        deleted_through = deleted_through.max(first.saturating_sub(1));
+    }
+
+    // Cursors.
+    let mut cursors = HashMap::new();
+    let cursors_cf = db.cf_handle(CF_CURSORS).expect("created at open");
+    let mut dirty = false;
+    for item in db.iterator_cf(cursors_cf, IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| BusError::from_rocksdb(e, path))?;
+        let Ok(name) = String::from_utf8(k.to_vec()) else {
+            counters.corrupt_cursors.fetch_add(1, Ordering::Relaxed);
+            warn!(key = ?k, "ignoring cursor with a non-UTF-8 consumer name");
+            continue;
+        };
+        let (acked, persisted) = match keys::decode_u64(&v) {
+            Some(n) => (n, n),
+            None => {
+                counters.corrupt_cursors.fetch_add(1, Ordering::Relaxed);
+                warn!(consumer = %name, len = v.len(), "cursor value is not 8 bytes; the consumer replays from the oldest stored frame");
+                dirty = true;
+                // acked = floor replays everything retained; the record is rewritten.
+                (deleted_through, deleted_through)
+            }
+        };
+        let needs_write = dirty && keys::decode_u64(&v).is_none();
+        cursors.insert(
+            name,
+            CursorState {
+                acked,
+                persisted,
+                active: false,
+                skipped_dropped: 0,
+                needs_write,
+            },
+        );
+    }
+
+    // A cursor is never above head: it bounds head from below if `meta` was lost.
+    let max_cursor = cursors.values().map(|c: &CursorState| c.persisted).max().unwrap_or(0);
+    let head = last_key_seq.max(deleted_through).max(max_cursor);
+    info!(path = %path.display(), head, oldest = deleted_through + 1, consumers = cursors.len(), "frame bus opened");
+    let (head_tx, head_rx) = watch::channel(head);
+    let shared = Shared {
+        db,
+        path: path.to_path_buf(),
+        config,
+        head: AtomicU64::new(head),
+        deleted_through: AtomicU64::new(deleted_through),
+        cursors: Mutex::new(cursors),
+        cursors_dirty: AtomicBool::new(dirty),
+        cursor_write_lock: Mutex::new(()),
+        retention_lock: Mutex::new(()),
+        last_ts_at_open,
+        counters,
+    };
+    Ok((shared, head_tx, head_rx))
+}
+
+/// Encodes an envelope for storage.
+pub(crate) fn encode(env: &FrameEnvelope) -> Vec<u8> {
+    env.encode_to_vec()
+}

@@ -1,0 +1,337 @@
+//! The single writer: assigns sequence numbers and group-commits frames.
+//!
+//! Publishers send [`Request`]s over a bounded channel (backpressure) and wait
+//! on a oneshot for their sequence numbers. The writer runs on its own OS
+//! thread (fsync blocks; it must not stall the async runtime) and loops:
+//!
+//! 1. wait for a request (or for dirty cursors to come due);
+//! 2. take everything else already queued, up to `max_batch_frames` /
+//!    `max_batch_bytes` (optionally lingering `max_batch_delay`);
+//! 3. check free disk space; assign seqs head+1.., stamp times, put every frame
+//!    and every dirty cursor into one `WriteBatch`;
+//! 4. write it with `sync = true` (modes batch/always) — one fsync — then
+//!    publish the new head to subscribers and answer every publisher.
+//!
+//! A failed write answers every publisher of the batch with the error and
+//! leaves `head` unchanged, so no seq is ever skipped or reused.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proto::FrameEnvelope;
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+
+use crate::keys::{encode_u64, frame_key, CF_CURSORS, CF_FRAMES};
+use crate::store::{encode, Shared};
+use crate::{disk, BusError, SeqRange, SyncMode};
+
+/// A publish call: frames already checksummed, seq/time filled by the writer.
+pub(crate) struct PublishRequest {
+    pub frames: Vec<FrameEnvelope>,
+    pub bytes: usize,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<SeqRange, BusError>>,
+}
+
+pub(crate) enum Request {
+    Publish(PublishRequest),
+    /// Persist acknowledged cursors now; answer when done.
+    FlushCursors(oneshot::Sender<Result<(), BusError>>),
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Request>,
+    cursor_wakeup: Arc<tokio::sync::Notify>,
+    /// Broadcasts the new head to subscriptions; dropped when the writer
+    /// stops, which tells them the bus is closed.
+    head_tx: tokio::sync::watch::Sender<u64>,
+    last_ts: u64,
+    /// Last time a disk-full rejection was logged (one line per burst).
+    last_disk_full_log: Option<Instant>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Writer {
+    pub fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Request>,
+        cursor_wakeup: Arc<tokio::sync::Notify>,
+        head_tx: tokio::sync::watch::Sender<u64>,
+    ) -> Self {
+        Writer {
+            last_ts: shared.last_ts_at_open,
+            shared,
+            rx,
+            cursor_wakeup,
+            head_tx,
+            last_disk_full_log: None,
+        }
+    }
+
+    /// Runs until every sender is gone; persists cursors on the way out.
+    pub fn run(mut self) {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                error!(error = %e, "frame bus writer could not start its runtime");
+                return;
+            }
+        };
+        rt.block_on(self.event_loop());
+        if let Err(e) = self.write(Vec::new()) {
+            warn!(error = %e, "persisting cursors at shutdown failed");
+        }
+    }
+
+    async fn event_loop(&mut self) {
+        let flush_every = self.shared.config.cursor_flush_interval;
+        let mut cursor_due: Option<tokio::time::Instant> = None;
+        loop {
+            let first = tokio::select! {
+                biased;
+                req = self.rx.recv() => match req {
+                    Some(r) => Some(r),
+                    None => return,
+                },
+                _ = self.cursor_wakeup.notified(), if cursor_due.is_none() => {
+                    cursor_due = Some(tokio::time::Instant::now() + flush_every);
+                    continue;
+                }
+                _ = sleep_until_opt(cursor_due) => None,
+            };
+            let mut publishes = Vec::new();
+            let mut flushes = Vec::new();
+            let mut frames = 0usize;
+            let mut bytes = 0usize;
+            let mut push = |r: Request, frames: &mut usize, bytes: &mut usize| match r {
+                Request::Publish(p) => {
+                    *frames += p.frames.len();
+                    *bytes += p.bytes;
+                    publishes.push(p);
+                }
+                Request::FlushCursors(tx) => flushes.push(tx),
+            };
+            if let Some(r) = first {
+                push(r, &mut frames, &mut bytes);
+                let cfg = &self.shared.config;
+                let linger_until = Instant::now() + cfg.max_batch_delay;
+                while frames < cfg.max_batch_frames && bytes < cfg.max_batch_bytes {
+                    match self.rx.try_recv() {
+                        Ok(r) => push(r, &mut frames, &mut bytes),
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            let left = linger_until.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            match tokio::time::timeout(left, self.rx.recv()).await {
+                                Ok(Some(r)) => push(r, &mut frames, &mut bytes),
+                                _ => break,
+                            }
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    }
+                }
+            }
+            cursor_due = None;
+            if self.shared.config.sync == SyncMode::Always && publishes.len() > 1 {
+                for p in publishes {
+                    self.commit(vec![p]);
+                }
+            } else {
+                self.commit(publishes);
+            }
+            let flushed = self.write(Vec::new()).map(|_| ());
+            for tx in flushes {
+                let _ = tx.send(flushed.as_ref().map_err(clone_err).copied());
+            }
+        }
+    }
+
+    /// Writes one group commit and answers its publishers.
+    fn commit(&mut self, publishes: Vec<PublishRequest>) {
+        if publishes.is_empty() {
+            if let Err(e) = self.write(Vec::new()) {
+                warn!(error = %e, "persisting cursors failed; retrying with the next batch");
+            }
+            return;
+        }
+        let c = &self.shared.counters;
+        let total_frames: usize = publishes.iter().map(|p| p.frames.len()).sum();
+        let total_bytes: usize = publishes.iter().map(|p| p.bytes).sum();
+        // Disk guard: refuse before RocksDB could hit ENOSPC.
+        let min_free = self.shared.config.min_free_bytes;
+        if min_free > 0 {
+            if let Ok(avail) = disk::available_bytes(&self.shared.path) {
+                let required = min_free.saturating_add(total_bytes as u64);
+                if avail < required {
+                    c.disk_full_rejections.fetch_add(publishes.len() as u64, Ordering::Relaxed);
+                    c.publish_errors.fetch_add(publishes.len() as u64, Ordering::Relaxed);
+                    let now = Instant::now();
+                    if self
+                        .last_disk_full_log
+                        .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+                    {
+                        warn!(path = %self.shared.path.display(), available = avail, required, "disk full: rejecting publishes until space is freed");
+                        self.last_disk_full_log = Some(now);
+                    }
+                    for p in publishes {
+                        let _ = p.reply.send(Err(BusError::DiskFull {
+                            path: self.shared.path.clone(),
+                            available: avail,
+                            required,
+                        }));
+                    }
+                    return;
+                }
+            }
+        }
+        let head = self.shared.head();
+        let mut seq = head;
+        let ts = now_ns().max(self.last_ts);
+        let mut ranges = Vec::with_capacity(publishes.len());
+        let mut encoded = Vec::with_capacity(total_frames);
+        for p in &publishes {
+            let first = seq + 1;
+            for f in &p.frames {
+                seq += 1;
+                let mut env = f.clone();
+                env.sequence_id = seq;
+                env.timestamp_ns = ts;
+                encoded.push((seq, encode(&env)));
+            }
+            ranges.push(SeqRange { first, last: seq });
+        }
+        match self.write(encoded) {
+            Ok(_) => {
+                self.last_ts = ts;
+                if self.last_disk_full_log.take().is_some() {
+                    tracing::info!("publishing resumed after disk full");
+                }
+                c.frames_published.fetch_add(total_frames as u64, Ordering::Relaxed);
+                c.bytes_published.fetch_add(total_bytes as u64, Ordering::Relaxed);
+                let now = Instant::now();
+                for (p, r) in publishes.into_iter().zip(ranges) {
+                    c.publish_latency.record(now.duration_since(p.enqueued));
+                    let _ = p.reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                c.publish_errors.fetch_add(publishes.len() as u64, Ordering::Relaxed);
+                warn!(error = %e, frames = total_frames, "frame batch write failed; publishers get the error, no seq was assigned");
+                for p in publishes {
+                    let _ = p.reply.send(Err(clone_err(&e)));
+                }
+            }
+        }
+    }
+
+    /// Writes frames (already encoded, consecutive seqs after head) plus all
+    /// dirty cursors in one batch; on success advances head and wakes readers.
+    fn write(&self, frames: Vec<(u64, Vec<u8>)>) -> Result<(), BusError> {
+        let sh = &self.shared;
+        let mut batch = WriteBatch::default();
+        let frames_cf = sh.cf(CF_FRAMES);
+        let new_head = frames.last().map(|f| f.0);
+        for (seq, value) in &frames {
+            batch.put_cf(frames_cf, frame_key(*seq), value);
+        }
+        let mut cursor_updates = Vec::new();
+        // Held across the write so `remove_consumer` cannot interleave and be undone.
+        let _cursor_guard;
+        if sh.cursors_dirty.swap(false, Ordering::AcqRel) {
+            _cursor_guard = sh.cursor_write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let cursors_cf = sh.cf(CF_CURSORS);
+            for (name, st) in sh.cursors().iter() {
+                if st.acked != st.persisted || st.needs_write {
+                    batch.put_cf(cursors_cf, name.as_bytes(), encode_u64(st.acked));
+                    cursor_updates.push((name.clone(), st.acked));
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut wo = WriteOptions::default();
+        let sync = sh.config.sync.fsyncs();
+        wo.set_sync(sync);
+        if let Err(e) = sh.db.write_opt(batch, &wo) {
+            if !cursor_updates.is_empty() {
+                sh.cursors_dirty.store(true, Ordering::Release);
+            }
+            return Err(sh.storage_err(e));
+        }
+        let c = &sh.counters;
+        c.batches_written.fetch_add(1, Ordering::Relaxed);
+        if sync {
+            c.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        if !cursor_updates.is_empty() {
+            c.cursor_writes.fetch_add(cursor_updates.len() as u64, Ordering::Relaxed);
+            let mut map = sh.cursors();
+            for (name, acked) in cursor_updates {
+                if let Some(st) = map.get_mut(&name) {
+                    st.persisted = st.persisted.max(acked);
+                    if st.persisted >= st.acked {
+                        st.needs_write = false;
+                    }
+                }
+            }
+        }
+        if let Some(h) = new_head {
+            sh.head.store(h, Ordering::Release);
+            self.head_tx.send_replace(h);
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `BusError` holds an `io::Error` and so is not `Clone`; batches answer many
+/// publishers with the same failure.
+pub(crate) fn clone_err(e: &BusError) -> BusError {
+    match e {
+        BusError::DiskFull {
+            path,
+            available,
+            required,
+        } => BusError::DiskFull {
+            path: path.clone(),
+            available: *available,
+            required: *required,
+        },
+        BusError::Storage(s) => BusError::Storage(s.clone()),
+        BusError::Io { path, source } => BusError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        BusError::Closed => BusError::Closed,
+        BusError::UnsupportedFormat { found, supported } => BusError::UnsupportedFormat {
+            found: *found,
+            supported: *supported,
+        },
+        BusError::EmptyBatch => BusError::EmptyBatch,
+        BusError::InvalidFrameType(t) => BusError::InvalidFrameType(*t),
+        BusError::InvalidConsumerName(n) => BusError::InvalidConsumerName(n.clone()),
+        BusError::ConsumerBusy(n) => BusError::ConsumerBusy(n.clone()),
+        BusError::AckBeyondHead { seq, head } => BusError::AckBeyondHead {
+            seq: *seq,
+            head: *head,
+        },
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a developer's: installs what is
+# missing (apt-get; root), starts the real peers the tests need on loopback,
+# runs rustfmt, clippy (-D warnings) and every test in the release profile,
+# and stops what it started. `.ci/run` calls exactly this script.
+#
+# Environment: CARGO_TARGET_DIR (default ~/.cache/gateway_rust/target),
+# GATEWAY_CRASH_ROUNDS (SIGKILL rounds of the WAL crash test, default 20),
+# TEST_THREADS (cargo test threads, default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=lib/common.sh
+source scripts/lib/common.sh
+
+ensure_build_deps
+
+# Peers started by this run are stopped on exit, whatever the outcome.
+STARTED=()
+cleanup() {
+    for stop in "${STARTED[@]:-}"; do
+        [ -n "$stop" ] && eval "$stop" || true
+    done
+}
+trap cleanup EXIT
+
+# (The frame bus foundation needs no network peer; drivers and sinks add
+# theirs here: PostgreSQL, Mosquitto, influxd, VictoriaMetrics, pymodbus, asyncua.)
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy (release profile, shared with the tests)"
+cargo clippy --workspace --all-targets --release --locked -- -D warnings
+
+log "cargo test (release profile)"
+cargo test --workspace --release --locked -- --test-threads="${TEST_THREADS:-2}"
