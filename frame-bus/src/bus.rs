@@ -218,8 +218,8 @@ impl FrameBus {
         }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(sh.config.sync.fsyncs());
-        sh.db
-            .delete_cf_opt(sh.cf(crate::keys::CF_CURSORS), consumer.as_bytes(), &wo)
+        let db = sh.db()?;
+        db.delete_cf_opt(store::cf(&db, crate::keys::CF_CURSORS), consumer.as_bytes(), &wo)
             .map_err(|e| sh.storage_err(e))?;
         map.remove(consumer);
         Ok(true)

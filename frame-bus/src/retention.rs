@@ -27,7 +27,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tracing::{debug, warn};
 
 use crate::keys::{encode_u64, frame_key, CF_FRAMES, CF_META, META_DELETED_THROUGH};
-use crate::store::Shared;
+use crate::store::{cf, Shared};
 use crate::BusError;
 
 /// Frames deleted in one pass above which the task compacts the range at once.
@@ -127,12 +127,14 @@ pub(crate) fn run_once(sh: &Shared) -> Result<RetentionReport, BusError> {
         report.dropped_size = size_part;
     }
 
+    let db = sh.db()?;
     let mut batch = WriteBatch::default();
-    batch.delete_range_cf(sh.cf(CF_FRAMES), frame_key(floor + 1), frame_key(new_floor + 1));
-    batch.put_cf(sh.cf(CF_META), META_DELETED_THROUGH, encode_u64(new_floor));
+    batch.delete_range_cf(cf(&db, CF_FRAMES), frame_key(floor + 1), frame_key(new_floor + 1));
+    batch.put_cf(cf(&db, CF_META), META_DELETED_THROUGH, encode_u64(new_floor));
     let mut wo = WriteOptions::default();
     wo.set_sync(sh.config.sync.fsyncs());
-    sh.db.write_opt(batch, &wo).map_err(|e| sh.storage_err(e))?;
+    db.write_opt(batch, &wo).map_err(|e| sh.storage_err(e))?;
+    drop(db);
     sh.deleted_through.fetch_max(new_floor, Ordering::AcqRel);
     report.deleted_through = new_floor;
 
@@ -162,10 +164,10 @@ pub(crate) fn run_once(sh: &Shared) -> Result<RetentionReport, BusError> {
 fn reclaim(sh: &Shared, through: u64) -> Result<(), BusError> {
     // Not DeleteFilesInRange: it may drop a file holding a range tombstone
     // while older copies of the covered keys survive below (rocksdb#3059).
-    let cf = sh.cf(CF_FRAMES);
-    sh.db.flush_cf(cf).map_err(|e| sh.storage_err(e))?;
-    sh.db
-        .compact_range_cf(cf, Some(frame_key(0)), Some(frame_key(through.saturating_add(1))));
+    let db = sh.db()?;
+    let cf = cf(&db, CF_FRAMES);
+    db.flush_cf(cf).map_err(|e| sh.storage_err(e))?;
+    db.compact_range_cf(cf, Some(frame_key(0)), Some(frame_key(through.saturating_add(1))));
     Ok(())
 }
 

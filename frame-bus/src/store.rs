@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use proto::{FrameEnvelope, Message};
 use rocksdb::{
@@ -36,7 +37,10 @@ pub(crate) struct CursorState {
 
 /// State shared by the handle, the writer, the retention task and subscriptions.
 pub(crate) struct Shared {
-    pub db: DB,
+    /// The open RocksDB instance. Swapped (under the write lock) only when the
+    /// writer reopens the database after a write error, e.g. ENOSPC, which
+    /// RocksDB itself does not recover from in-process.
+    db: RwLock<Option<Arc<DB>>>,
     pub path: PathBuf,
     pub config: BusConfig,
     /// Last committed seq; only the writer stores it, after the write returned.
@@ -63,12 +67,51 @@ pub(crate) struct ReadOutcome {
 }
 
 impl Shared {
-    pub fn cf(&self, name: &str) -> &ColumnFamily {
-        // The three column families are created at open (create_missing_column_families),
-        // so a missing handle is a programming error, not input from outside.
+    /// The current RocksDB handle (cheap clone; hold it only for one operation).
+    /// Fails only if a reopen after a write error could not open the database again.
+    pub fn db(&self) -> Result<Arc<DB>, BusError> {
         self.db
-            .cf_handle(name)
-            .expect("column family created at open")
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| BusError::Storage("database closed after a failed reopen; retrying".into()))
+    }
+
+    /// Closes and reopens the database in place, then re-reads head, floor
+    /// and cursors from disk. Used by the writer after a failed write: a
+    /// RocksDB instance that hit ENOSPC (or another hard I/O error) on its
+    /// WAL stays read-only until reopened. Readers block on the lock for the
+    /// duration; handles they hold are waited for (bounded).
+    /// Returns the recovered head.
+    pub fn reopen(&self) -> Result<Recovered, BusError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // Wait until every clone handed out before the lock is dropped.
+        let mut waited = Duration::ZERO;
+        while slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
+            if waited > Duration::from_secs(10) {
+                return Err(BusError::Storage(
+                    "reopen: database handle still in use after 10 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            waited += Duration::from_millis(5);
+        }
+        // Close the failed instance first: RocksDB allows one per directory.
+        slot.take();
+        let (opts, cfs) = db_options(&self.config);
+        let db = DB::open_cf_descriptors(&opts, &self.path, cfs).map_err(|e| BusError::from_rocksdb(e, &self.path))?;
+        let rec = recover(&db, &self.path, &self.counters)?;
+        *slot = Some(Arc::new(db));
+        self.deleted_through.fetch_max(rec.deleted_through, Ordering::AcqRel);
+        self.head.fetch_max(rec.head, Ordering::AcqRel);
+        let mut map = self.cursors();
+        for (name, st) in map.iter_mut() {
+            st.persisted = rec.cursors.get(name).map_or(0, |c| c.persisted);
+            st.needs_write = true;
+        }
+        drop(map);
+        self.cursors_dirty.store(true, Ordering::Release);
+        Ok(rec)
     }
 
     pub fn cursors(&self) -> MutexGuard<'_, HashMap<String, CursorState>> {
@@ -112,7 +155,8 @@ impl Shared {
             Some(end) => opts.set_iterate_upper_bound(frame_key(end).to_vec()),
             None => opts.set_iterate_upper_bound(keys::FRAMES_UPPER.to_vec()),
         }
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_FRAMES), opts);
+        let db = self.db()?;
+        let mut it = db.raw_iterator_cf_opt(cf(&db, CF_FRAMES), opts);
         it.seek(frame_key(from));
         let mut bad: Vec<(u64, String)> = Vec::new();
         let mut malformed = 0u64;
@@ -202,15 +246,14 @@ impl Shared {
 
     /// Approximate on-disk bytes of the frame column family (SST files + memtables).
     pub fn approx_bytes(&self) -> u64 {
-        let cf = self.cf(CF_FRAMES);
-        let sst = self
-            .db
+        let Ok(db) = self.db() else { return 0 };
+        let cf = cf(&db, CF_FRAMES);
+        let sst = db
             .property_int_value_cf(cf, "rocksdb.total-sst-files-size")
             .ok()
             .flatten()
             .unwrap_or(0);
-        let mem = self
-            .db
+        let mem = db
             .property_int_value_cf(cf, "rocksdb.size-all-mem-tables")
             .ok()
             .flatten()
@@ -250,6 +293,15 @@ fn db_options(config: &BusConfig) -> (Options, Vec<ColumnFamilyDescriptor>) {
     (db, cfs)
 }
 
+/// What recovery found on disk.
+pub(crate) struct Recovered {
+    pub head: u64,
+    pub deleted_through: u64,
+    pub last_ts: u64,
+    pub cursors: HashMap<String, CursorState>,
+    pub cursors_dirty: bool,
+}
+
 /// Opens (or creates) the bus at `path` and recovers head, floor and cursors
 /// without scanning the frames: one seek to the last key, one read of `meta`,
 /// and a scan of the (small) cursor column family.
@@ -262,12 +314,37 @@ pub(crate) fn open(
         source,
     })?;
     let (opts, cfs) = db_options(&config);
-    let db = DB::open_cf_descriptors(&opts, path, cfs)
-        .map_err(|e| BusError::from_rocksdb(e, path))?;
-
+    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| BusError::from_rocksdb(e, path))?;
     let counters = Counters::default();
-    let meta = db.cf_handle(CF_META).expect("created at open");
-    let frames_cf = db.cf_handle(CF_FRAMES).expect("created at open");
+    let rec = recover(&db, path, &counters)?;
+    info!(path = %path.display(), head = rec.head, oldest = rec.deleted_through + 1, consumers = rec.cursors.len(), "frame bus opened");
+    let (head_tx, head_rx) = watch::channel(rec.head);
+    let shared = Shared {
+        db: RwLock::new(Some(Arc::new(db))),
+        path: path.to_path_buf(),
+        config,
+        head: AtomicU64::new(rec.head),
+        deleted_through: AtomicU64::new(rec.deleted_through),
+        cursors: Mutex::new(rec.cursors),
+        cursors_dirty: AtomicBool::new(rec.cursors_dirty),
+        cursor_write_lock: Mutex::new(()),
+        retention_lock: Mutex::new(()),
+        last_ts_at_open: rec.last_ts,
+        counters,
+    };
+    Ok((shared, head_tx, head_rx))
+}
+
+/// Column family handle; the three families are created at open
+/// (`create_missing_column_families`), so a missing one is a programming error.
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
+    db.cf_handle(name).expect("column family created at open")
+}
+
+/// Reads head, floor, newest time stamp and cursors from an open database.
+pub(crate) fn recover(db: &DB, path: &Path, counters: &Counters) -> Result<Recovered, BusError> {
+    let meta = cf(db, CF_META);
+    let frames_cf = cf(db, CF_FRAMES);
 
     // Format version: written on creation; a newer one is refused, not misread.
     match db.get_cf(meta, keys::META_FORMAT) {
@@ -342,7 +419,7 @@ pub(crate) fn open(
 
     // Cursors.
     let mut cursors = HashMap::new();
-    let cursors_cf = db.cf_handle(CF_CURSORS).expect("created at open");
+    let cursors_cf = cf(db, CF_CURSORS);
     let mut dirty = false;
     for item in db.iterator_cf(cursors_cf, IteratorMode::Start) {
         let (k, v) = item.map_err(|e| BusError::from_rocksdb(e, path))?;
@@ -377,22 +454,13 @@ pub(crate) fn open(
     // A cursor is never above head: it bounds head from below if `meta` was lost.
     let max_cursor = cursors.values().map(|c: &CursorState| c.persisted).max().unwrap_or(0);
     let head = last_key_seq.max(deleted_through).max(max_cursor);
-    info!(path = %path.display(), head, oldest = deleted_through + 1, consumers = cursors.len(), "frame bus opened");
-    let (head_tx, head_rx) = watch::channel(head);
-    let shared = Shared {
-        db,
-        path: path.to_path_buf(),
-        config,
-        head: AtomicU64::new(head),
-        deleted_through: AtomicU64::new(deleted_through),
-        cursors: Mutex::new(cursors),
-        cursors_dirty: AtomicBool::new(dirty),
-        cursor_write_lock: Mutex::new(()),
-        retention_lock: Mutex::new(()),
-        last_ts_at_open,
-        counters,
-    };
-    Ok((shared, head_tx, head_rx))
+    Ok(Recovered {
+        head,
+        deleted_through,
+        last_ts: last_ts_at_open,
+        cursors,
+        cursors_dirty: dirty,
+    })
 }
 
 /// Encodes an envelope for storage.

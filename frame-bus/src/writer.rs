@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 use crate::keys::{encode_u64, frame_key, CF_CURSORS, CF_FRAMES};
-use crate::store::{encode, Shared};
+use crate::store::{cf, encode, Shared};
 use crate::{disk, BusError, SeqRange, SyncMode};
 
 /// A publish call: frames already checksummed, seq/time filled by the writer.
@@ -52,6 +52,10 @@ pub(crate) struct Writer {
     last_ts: u64,
     /// Last time a disk-full rejection was logged (one line per burst).
     last_disk_full_log: Option<Instant>,
+    /// A write failed: the RocksDB instance may be in its read-only error
+    /// state and is reopened before the next write (at most every 500 ms).
+    needs_reopen: bool,
+    last_reopen_attempt: Option<Instant>,
 }
 
 fn now_ns() -> u64 {
@@ -75,6 +79,8 @@ impl Writer {
             cursor_wakeup,
             head_tx,
             last_disk_full_log: None,
+            needs_reopen: false,
+            last_reopen_attempt: None,
         }
     }
 
@@ -90,6 +96,15 @@ impl Writer {
         rt.block_on(self.event_loop());
         if let Err(e) = self.write(Vec::new()) {
             warn!(error = %e, "persisting cursors at shutdown failed");
+        }
+        // A clean close flushes the memtables, so the next open has no WAL to replay.
+        if let Ok(db) = self.shared.db() {
+            for name in [CF_FRAMES, CF_CURSORS, crate::keys::CF_META] {
+                if let Err(e) = db.flush_cf(cf(&db, name)) {
+                    warn!(error = %e, cf = name, "flush at shutdown failed; the next open replays the WAL");
+                    break;
+                }
+            }
         }
     }
 
@@ -165,7 +180,8 @@ impl Writer {
             }
             return;
         }
-        let c = &self.shared.counters;
+        let shared = self.shared.clone();
+        let c = &shared.counters;
         let total_frames: usize = publishes.iter().map(|p| p.frames.len()).sum();
         let total_bytes: usize = publishes.iter().map(|p| p.bytes).sum();
         // Disk guard: refuse before RocksDB could hit ENOSPC.
@@ -195,16 +211,27 @@ impl Writer {
                 }
             }
         }
+        if self.needs_reopen {
+            if let Err(e) = self.try_reopen() {
+                c.publish_errors.fetch_add(publishes.len() as u64, Ordering::Relaxed);
+                for p in publishes {
+                    let _ = p.reply.send(Err(clone_err(&e)));
+                }
+                return;
+            }
+        }
         let head = self.shared.head();
         let mut seq = head;
         let ts = now_ns().max(self.last_ts);
         let mut ranges = Vec::with_capacity(publishes.len());
         let mut encoded = Vec::with_capacity(total_frames);
-        for p in &publishes {
+        let mut publishes = publishes;
+        for p in &mut publishes {
             let first = seq + 1;
-            for f in &p.frames {
+            // Frames are moved out of the request: the payload is copied once,
+            // into the encoded envelope.
+            for mut env in std::mem::take(&mut p.frames) {
                 seq += 1;
-                let mut env = f.clone();
                 env.sequence_id = seq;
                 env.timestamp_ns = ts;
                 encoded.push((seq, encode(&env)));
@@ -237,10 +264,15 @@ impl Writer {
 
     /// Writes frames (already encoded, consecutive seqs after head) plus all
     /// dirty cursors in one batch; on success advances head and wakes readers.
-    fn write(&self, frames: Vec<(u64, Vec<u8>)>) -> Result<(), BusError> {
-        let sh = &self.shared;
+    fn write(&mut self, frames: Vec<(u64, Vec<u8>)>) -> Result<(), BusError> {
+        if self.needs_reopen {
+            self.try_reopen()?;
+        }
+        let shared = self.shared.clone();
+        let sh = &shared;
+        let db = sh.db()?;
         let mut batch = WriteBatch::default();
-        let frames_cf = sh.cf(CF_FRAMES);
+        let frames_cf = cf(&db, CF_FRAMES);
         let new_head = frames.last().map(|f| f.0);
         for (seq, value) in &frames {
             batch.put_cf(frames_cf, frame_key(*seq), value);
@@ -250,7 +282,7 @@ impl Writer {
         let _cursor_guard;
         if sh.cursors_dirty.swap(false, Ordering::AcqRel) {
             _cursor_guard = sh.cursor_write_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let cursors_cf = sh.cf(CF_CURSORS);
+            let cursors_cf = cf(&db, CF_CURSORS);
             for (name, st) in sh.cursors().iter() {
                 if st.acked != st.persisted || st.needs_write {
                     batch.put_cf(cursors_cf, name.as_bytes(), encode_u64(st.acked));
@@ -264,10 +296,11 @@ impl Writer {
         let mut wo = WriteOptions::default();
         let sync = sh.config.sync.fsyncs();
         wo.set_sync(sync);
-        if let Err(e) = sh.db.write_opt(batch, &wo) {
+        if let Err(e) = db.write_opt(batch, &wo) {
             if !cursor_updates.is_empty() {
                 sh.cursors_dirty.store(true, Ordering::Release);
             }
+            self.needs_reopen = true;
             return Err(sh.storage_err(e));
         }
         let c = &sh.counters;
@@ -291,6 +324,41 @@ impl Writer {
             sh.head.store(h, Ordering::Release);
             self.head_tx.send_replace(h);
         }
+        Ok(())
+    }
+}
+
+impl Writer {
+    /// Reopens the database after a failed write, once free space allows.
+    /// A batch whose write reported an error may still have reached the WAL
+    /// (the error can come after the bytes were written); recovery then finds
+    /// it and head moves past it, so seqs stay unique and gapless.
+    fn try_reopen(&mut self) -> Result<(), BusError> {
+        let now = Instant::now();
+        if let Some(t) = self.last_reopen_attempt {
+            if now.duration_since(t) < Duration::from_millis(500) {
+                return Err(BusError::Storage("waiting to reopen the database after a write error".into()));
+            }
+        }
+        self.last_reopen_attempt = Some(now);
+        let need = self.shared.config.min_free_bytes.max(1 << 20);
+        let avail = disk::available_bytes(&self.shared.path).unwrap_or(u64::MAX);
+        if avail < need {
+            return Err(BusError::DiskFull {
+                path: self.shared.path.clone(),
+                available: avail,
+                required: need,
+            });
+        }
+        let before = self.shared.head();
+        let rec = self.shared.reopen()?;
+        self.needs_reopen = false;
+        self.last_ts = self.last_ts.max(rec.last_ts);
+        let head = self.shared.head();
+        if head != before {
+            self.head_tx.send_replace(head);
+        }
+        tracing::info!(head, recovered_past = head - before, "frame bus database reopened after a write error");
         Ok(())
     }
 }
