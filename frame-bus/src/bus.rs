@@ -162,7 +162,11 @@ impl FrameBus {
     /// seen for the first time is registered (and persisted) at `start`, or at
     /// the configured `default_start` when `None`; from then on retention keeps
     /// the frames it has not acknowledged.
-    pub fn subscribe(&self, consumer: &str, start: Option<StartFrom>) -> Result<crate::Subscription, BusError> {
+    pub fn subscribe(
+        &self,
+        consumer: &str,
+        start: Option<StartFrom>,
+    ) -> Result<crate::Subscription, BusError> {
         if !valid_consumer_name(consumer) {
             return Err(BusError::InvalidConsumerName(consumer.to_string()));
         }

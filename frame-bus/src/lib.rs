@@ -96,6 +96,7 @@ pub use config::{BusConfig, RetentionConfig, StartFrom, SyncMode};
 pub use error::BusError;
 pub use retention::RetentionReport;
 pub use stats::{BusStats, ConsumerStats, HistogramSnapshot, LATENCY_BUCKETS};
+pub use store::rocksdb_options;
 pub use subscription::Subscription;
 
 /// Names of the column families (for tools and tests that open the database directly).

@@ -139,9 +139,12 @@ pub(crate) fn run_once(sh: &Shared) -> Result<RetentionReport, BusError> {
     report.deleted_through = new_floor;
 
     let c = &sh.counters;
-    c.frames_deleted_acked.fetch_add(report.deleted_acked, Ordering::Relaxed);
-    c.frames_dropped_age.fetch_add(report.dropped_age, Ordering::Relaxed);
-    c.frames_dropped_size.fetch_add(report.dropped_size, Ordering::Relaxed);
+    c.frames_deleted_acked
+        .fetch_add(report.deleted_acked, Ordering::Relaxed);
+    c.frames_dropped_age
+        .fetch_add(report.dropped_age, Ordering::Relaxed);
+    c.frames_dropped_size
+        .fetch_add(report.dropped_size, Ordering::Relaxed);
     if forced > ack_floor {
         warn!(
             first_seq = ack_floor + 1,
@@ -151,7 +154,11 @@ pub(crate) fn run_once(sh: &Shared) -> Result<RetentionReport, BusError> {
             "retention dropped frames that not every consumer acknowledged"
         );
     } else {
-        debug!(through = new_floor, frames = report.deleted_acked, "deleted acknowledged frames");
+        debug!(
+            through = new_floor,
+            frames = report.deleted_acked,
+            "deleted acknowledged frames"
+        );
     }
     if report.dropped_size > 0 || new_floor - floor >= COMPACT_AFTER_FRAMES {
         // Compaction reclaims the range deleted above (and any earlier one).

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use proto::{FrameEnvelope, Message};
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
-    IteratorMode, Options, ReadOptions, DB,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    Options, ReadOptions, DB,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -99,10 +99,12 @@ impl Shared {
         // Close the failed instance first: RocksDB allows one per directory.
         slot.take();
         let (opts, cfs) = db_options(&self.config);
-        let db = DB::open_cf_descriptors(&opts, &self.path, cfs).map_err(|e| BusError::from_rocksdb(e, &self.path))?;
+        let db = DB::open_cf_descriptors(&opts, &self.path, cfs)
+            .map_err(|e| BusError::from_rocksdb(e, &self.path))?;
         let rec = recover(&db, &self.path, &self.counters)?;
         *slot = Some(Arc::new(db));
-        self.deleted_through.fetch_max(rec.deleted_through, Ordering::AcqRel);
+        self.deleted_through
+            .fetch_max(rec.deleted_through, Ordering::AcqRel);
         self.head.fetch_max(rec.head, Ordering::AcqRel);
         let mut map = self.cursors();
         for (name, st) in map.iter_mut() {
@@ -135,13 +137,7 @@ impl Shared {
 
     /// Reads up to `max` valid frames with seq in `from..=to`, verifying each.
     /// Corrupt records are counted, logged once per call with their seqs, and skipped.
-    pub fn read_range(
-        &self,
-        from: u64,
-        to: u64,
-        max: usize,
-        reader: &str,
-    ) -> Result<ReadOutcome, BusError> {
+    pub fn read_range(&self, from: u64, to: u64, max: usize, reader: &str) -> Result<ReadOutcome, BusError> {
         let mut out = ReadOutcome {
             frames: Vec::with_capacity(max.min(to.saturating_sub(from) as usize + 1)),
             last_examined: None,
@@ -208,7 +204,13 @@ impl Shared {
             self.counters
                 .malformed_keys
                 .fetch_add(malformed, Ordering::Relaxed);
-            warn!(reader, count = malformed, from, to, "skipped keys outside the frame:{{seq:020}} format");
+            warn!(
+                reader,
+                count = malformed,
+                from,
+                to,
+                "skipped keys outside the frame:{{seq:020}} format"
+            );
         }
         if !bad.is_empty() {
             self.counters
@@ -260,6 +262,13 @@ impl Shared {
             .unwrap_or(0);
         sst + mem
     }
+}
+
+/// The exact RocksDB options the bus opens its database with (database
+/// options and the three column family descriptors). Public so benchmarks
+/// and tools can open a database configured identically.
+pub fn rocksdb_options(config: &BusConfig) -> (Options, Vec<ColumnFamilyDescriptor>) {
+    db_options(config)
 }
 
 fn db_options(config: &BusConfig) -> (Options, Vec<ColumnFamilyDescriptor>) {
@@ -356,7 +365,10 @@ pub(crate) fn recover(db: &DB, path: &Path, counters: &Counters) -> Result<Recov
                     supported: keys::FORMAT_VERSION,
                 })
             }
-            None => warn!(len = v.len(), "meta format_version has a wrong length; assuming version 1"),
+            None => warn!(
+                len = v.len(),
+                "meta format_version has a wrong length; assuming version 1"
+            ),
         },
         Ok(None) => db
             .put_cf(meta, keys::META_FORMAT, keys::encode_u64(keys::FORMAT_VERSION))
@@ -369,7 +381,10 @@ pub(crate) fn recover(db: &DB, path: &Path, counters: &Counters) -> Result<Recov
         Ok(Some(v)) => match keys::decode_u64(&v) {
             Some(n) => n,
             None => {
-                warn!(len = v.len(), "meta deleted_through has a wrong length; recovering it from the frame keys");
+                warn!(
+                    len = v.len(),
+                    "meta deleted_through has a wrong length; recovering it from the frame keys"
+                );
                 0
             }
         },
@@ -452,7 +467,11 @@ pub(crate) fn recover(db: &DB, path: &Path, counters: &Counters) -> Result<Recov
     }
 
     // A cursor is never above head: it bounds head from below if `meta` was lost.
-    let max_cursor = cursors.values().map(|c: &CursorState| c.persisted).max().unwrap_or(0);
+    let max_cursor = cursors
+        .values()
+        .map(|c: &CursorState| c.persisted)
+        .max()
+        .unwrap_or(0);
     let head = last_key_seq.max(deleted_through).max(max_cursor);
     Ok(Recovered {
         head,
@@ -461,9 +480,4 @@ pub(crate) fn recover(db: &DB, path: &Path, counters: &Counters) -> Result<Recov
         cursors,
         cursors_dirty: dirty,
     })
-}
-
-/// Encodes an envelope for storage.
-pub(crate) fn encode(env: &FrameEnvelope) -> Vec<u8> {
-    env.encode_to_vec()
 }

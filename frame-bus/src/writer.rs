@@ -19,13 +19,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use proto::FrameEnvelope;
+use proto::{FrameEnvelope, Message};
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 use crate::keys::{encode_u64, frame_key, CF_CURSORS, CF_FRAMES};
-use crate::store::{cf, encode, Shared};
+use crate::store::{cf, Shared};
 use crate::{disk, BusError, SeqRange, SyncMode};
 
 /// A publish call: frames already checksummed, seq/time filled by the writer.
@@ -56,6 +56,8 @@ pub(crate) struct Writer {
     /// state and is reopened before the next write (at most every 500 ms).
     needs_reopen: bool,
     last_reopen_attempt: Option<Instant>,
+    /// Encoding buffer reused for every frame.
+    scratch: Vec<u8>,
 }
 
 fn now_ns() -> u64 {
@@ -81,12 +83,16 @@ impl Writer {
             last_disk_full_log: None,
             needs_reopen: false,
             last_reopen_attempt: None,
+            scratch: Vec::with_capacity(4096),
         }
     }
 
     /// Runs until every sender is gone; persists cursors on the way out.
     pub fn run(mut self) {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 error!(error = %e, "frame bus writer could not start its runtime");
@@ -94,7 +100,7 @@ impl Writer {
             }
         };
         rt.block_on(self.event_loop());
-        if let Err(e) = self.write(Vec::new()) {
+        if let Err(e) = self.write(&mut [], 0) {
             warn!(error = %e, "persisting cursors at shutdown failed");
         }
         // A clean close flushes the memtables, so the next open has no WAL to replay.
@@ -165,7 +171,7 @@ impl Writer {
             } else {
                 self.commit(publishes);
             }
-            let flushed = self.write(Vec::new()).map(|_| ());
+            let flushed = self.write(&mut [], 0).map(|_| ());
             for tx in flushes {
                 let _ = tx.send(flushed.as_ref().map_err(clone_err).copied());
             }
@@ -175,7 +181,7 @@ impl Writer {
     /// Writes one group commit and answers its publishers.
     fn commit(&mut self, publishes: Vec<PublishRequest>) {
         if publishes.is_empty() {
-            if let Err(e) = self.write(Vec::new()) {
+            if let Err(e) = self.write(&mut [], 0) {
                 warn!(error = %e, "persisting cursors failed; retrying with the next batch");
             }
             return;
@@ -190,8 +196,10 @@ impl Writer {
             if let Ok(avail) = disk::available_bytes(&self.shared.path) {
                 let required = min_free.saturating_add(total_bytes as u64);
                 if avail < required {
-                    c.disk_full_rejections.fetch_add(publishes.len() as u64, Ordering::Relaxed);
-                    c.publish_errors.fetch_add(publishes.len() as u64, Ordering::Relaxed);
+                    c.disk_full_rejections
+                        .fetch_add(publishes.len() as u64, Ordering::Relaxed);
+                    c.publish_errors
+                        .fetch_add(publishes.len() as u64, Ordering::Relaxed);
                     let now = Instant::now();
                     if self
                         .last_disk_full_log
@@ -213,38 +221,24 @@ impl Writer {
         }
         if self.needs_reopen {
             if let Err(e) = self.try_reopen() {
-                c.publish_errors.fetch_add(publishes.len() as u64, Ordering::Relaxed);
+                c.publish_errors
+                    .fetch_add(publishes.len() as u64, Ordering::Relaxed);
                 for p in publishes {
                     let _ = p.reply.send(Err(clone_err(&e)));
                 }
                 return;
             }
         }
-        let head = self.shared.head();
-        let mut seq = head;
         let ts = now_ns().max(self.last_ts);
-        let mut ranges = Vec::with_capacity(publishes.len());
-        let mut encoded = Vec::with_capacity(total_frames);
         let mut publishes = publishes;
-        for p in &mut publishes {
-            let first = seq + 1;
-            // Frames are moved out of the request: the payload is copied once,
-            // into the encoded envelope.
-            for mut env in std::mem::take(&mut p.frames) {
-                seq += 1;
-                env.sequence_id = seq;
-                env.timestamp_ns = ts;
-                encoded.push((seq, encode(&env)));
-            }
-            ranges.push(SeqRange { first, last: seq });
-        }
-        match self.write(encoded) {
-            Ok(_) => {
+        match self.write(&mut publishes, ts) {
+            Ok(ranges) => {
                 self.last_ts = ts;
                 if self.last_disk_full_log.take().is_some() {
                     tracing::info!("publishing resumed after disk full");
                 }
-                c.frames_published.fetch_add(total_frames as u64, Ordering::Relaxed);
+                c.frames_published
+                    .fetch_add(total_frames as u64, Ordering::Relaxed);
                 c.bytes_published.fetch_add(total_bytes as u64, Ordering::Relaxed);
                 let now = Instant::now();
                 for (p, r) in publishes.into_iter().zip(ranges) {
@@ -253,7 +247,8 @@ impl Writer {
                 }
             }
             Err(e) => {
-                c.publish_errors.fetch_add(publishes.len() as u64, Ordering::Relaxed);
+                c.publish_errors
+                    .fetch_add(publishes.len() as u64, Ordering::Relaxed);
                 warn!(error = %e, frames = total_frames, "frame batch write failed; publishers get the error, no seq was assigned");
                 for p in publishes {
                     let _ = p.reply.send(Err(clone_err(&e)));
@@ -262,9 +257,11 @@ impl Writer {
         }
     }
 
-    /// Writes frames (already encoded, consecutive seqs after head) plus all
-    /// dirty cursors in one batch; on success advances head and wakes readers.
-    fn write(&mut self, frames: Vec<(u64, Vec<u8>)>) -> Result<(), BusError> {
+    /// Assigns seqs head+1.. to the frames of `publishes` (stamped `ts`),
+    /// encodes them straight into one `WriteBatch` together with all dirty
+    /// cursors, writes it, and on success advances head and wakes readers.
+    /// Returns each request's seq range, in order.
+    fn write(&mut self, publishes: &mut [PublishRequest], ts: u64) -> Result<Vec<SeqRange>, BusError> {
         if self.needs_reopen {
             self.try_reopen()?;
         }
@@ -273,10 +270,23 @@ impl Writer {
         let db = sh.db()?;
         let mut batch = WriteBatch::default();
         let frames_cf = cf(&db, CF_FRAMES);
-        let new_head = frames.last().map(|f| f.0);
-        for (seq, value) in &frames {
-            batch.put_cf(frames_cf, frame_key(*seq), value);
+        let mut seq = sh.head();
+        let mut ranges = Vec::with_capacity(publishes.len());
+        for p in publishes.iter_mut() {
+            let first = seq + 1;
+            for env in p.frames.iter_mut() {
+                seq += 1;
+                env.sequence_id = seq;
+                env.timestamp_ns = ts;
+                // One reusable buffer: no allocation per frame.
+                self.scratch.clear();
+                env.encode(&mut self.scratch)
+                    .map_err(|e| BusError::Storage(format!("encoding frame {seq}: {e}")))?;
+                batch.put_cf(frames_cf, frame_key(seq), &self.scratch);
+            }
+            ranges.push(SeqRange { first, last: seq });
         }
+        let new_head = ranges.last().map(|r| r.last);
         let mut cursor_updates = Vec::new();
         // Held across the write so `remove_consumer` cannot interleave and be undone.
         let _cursor_guard;
@@ -291,7 +301,7 @@ impl Writer {
             }
         }
         if batch.is_empty() {
-            return Ok(());
+            return Ok(ranges);
         }
         let mut wo = WriteOptions::default();
         let sync = sh.config.sync.fsyncs();
@@ -309,7 +319,8 @@ impl Writer {
             c.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         if !cursor_updates.is_empty() {
-            c.cursor_writes.fetch_add(cursor_updates.len() as u64, Ordering::Relaxed);
+            c.cursor_writes
+                .fetch_add(cursor_updates.len() as u64, Ordering::Relaxed);
             let mut map = sh.cursors();
             for (name, acked) in cursor_updates {
                 if let Some(st) = map.get_mut(&name) {
@@ -324,7 +335,7 @@ impl Writer {
             sh.head.store(h, Ordering::Release);
             self.head_tx.send_replace(h);
         }
-        Ok(())
+        Ok(ranges)
     }
 }
 
@@ -337,7 +348,9 @@ impl Writer {
         let now = Instant::now();
         if let Some(t) = self.last_reopen_attempt {
             if now.duration_since(t) < Duration::from_millis(500) {
-                return Err(BusError::Storage("waiting to reopen the database after a write error".into()));
+                return Err(BusError::Storage(
+                    "waiting to reopen the database after a write error".into(),
+                ));
             }
         }
         self.last_reopen_attempt = Some(now);
@@ -358,7 +371,11 @@ impl Writer {
         if head != before {
             self.head_tx.send_replace(head);
         }
-        tracing::info!(head, recovered_past = head - before, "frame bus database reopened after a write error");
+        tracing::info!(
+            head,
+            recovered_past = head - before,
+            "frame bus database reopened after a write error"
+        );
         Ok(())
     }
 }

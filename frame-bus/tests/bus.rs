@@ -24,7 +24,10 @@ async fn eight_concurrent_publishers_get_ordered_gapless_seqs() {
                 // Mix single publishes and small batches.
                 if i % 10 == 0 {
                     let r = bus
-                        .publish_batch(vec![(FrameType::Data, payload(id, 32)), (FrameType::Event, payload(id, 16))])
+                        .publish_batch(vec![
+                            (FrameType::Data, payload(id, 32)),
+                            (FrameType::Event, payload(id, 16)),
+                        ])
                         .await
                         .unwrap();
                     assert_eq!(r.len(), 2);
@@ -64,7 +67,10 @@ async fn eight_concurrent_publishers_get_ordered_gapless_seqs() {
     let st = bus.stats();
     assert_eq!(st.frames_published_total, total);
     assert!(st.fsyncs_total >= 1 && st.fsyncs_total <= st.batches_written_total);
-    assert!(st.batches_written_total < total, "group commit packed several frames per batch");
+    assert!(
+        st.batches_written_total < total,
+        "group commit packed several frames per batch"
+    );
     assert_eq!(st.publish_latency.count, 8 * PER);
 }
 
@@ -113,11 +119,17 @@ async fn consumers_resume_after_reopen_at_their_own_speed() {
         assert!(matches!(slow.ack(1_000), Err(BusError::AckBeyondHead { .. })));
         slow.ack(5).unwrap();
         // The same name cannot be subscribed twice at once.
-        assert!(matches!(bus.subscribe("slow", None), Err(BusError::ConsumerBusy(_))));
+        assert!(matches!(
+            bus.subscribe("slow", None),
+            Err(BusError::ConsumerBusy(_))
+        ));
         bus.flush_cursors().await.unwrap();
         let st = bus.stats();
         let slow_st = st.consumers.iter().find(|c| c.name == "slow").unwrap();
-        assert_eq!((slow_st.cursor, slow_st.persisted_cursor, slow_st.lag), (30, 30, 70));
+        assert_eq!(
+            (slow_st.cursor, slow_st.persisted_cursor, slow_st.lag),
+            (30, 30, 70)
+        );
         drop((fast, slow));
         bus.close();
     }
@@ -125,9 +137,17 @@ async fn consumers_resume_after_reopen_at_their_own_speed() {
     publish_n(&bus, 101, 20, 20).await;
     let mut fast = bus.subscribe("fast", None).unwrap();
     let mut slow = bus.subscribe("slow", None).unwrap();
-    assert_eq!(fast.recv().await.unwrap().sequence_id, 101, "fast resumes after its cursor");
+    assert_eq!(
+        fast.recv().await.unwrap().sequence_id,
+        101,
+        "fast resumes after its cursor"
+    );
     for seq in 31..=120 {
-        assert_eq!(slow.recv().await.unwrap().sequence_id, seq, "slow never skips an unacked frame");
+        assert_eq!(
+            slow.recv().await.unwrap().sequence_id,
+            seq,
+            "slow never skips an unacked frame"
+        );
     }
     // Live tail: a frame published now wakes both.
     let b2 = bus.clone();
@@ -183,9 +203,18 @@ async fn start_positions_for_new_consumers() {
     let s = bus.publish(FrameType::Data, b"x".to_vec()).await.unwrap();
     assert_eq!(latest.recv().await.unwrap().sequence_id, s);
     assert_eq!(earliest.recv().await.unwrap().sequence_id, 1);
-    assert!(matches!(bus.subscribe("", None), Err(BusError::InvalidConsumerName(_))));
-    assert!(matches!(bus.subscribe("a\nb", None), Err(BusError::InvalidConsumerName(_))));
-    assert!(matches!(bus.publish_batch(vec![]).await, Err(BusError::EmptyBatch)));
+    assert!(matches!(
+        bus.subscribe("", None),
+        Err(BusError::InvalidConsumerName(_))
+    ));
+    assert!(matches!(
+        bus.subscribe("a\nb", None),
+        Err(BusError::InvalidConsumerName(_))
+    ));
+    assert!(matches!(
+        bus.publish_batch(vec![]).await,
+        Err(BusError::EmptyBatch)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,8 +235,17 @@ async fn closing_the_bus_ends_waiting_subscriptions() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     bus.close();
-    assert_eq!(tokio::time::timeout(Duration::from_secs(30), h).await.unwrap().unwrap(), 2);
-    assert!(matches!(bus.publish(FrameType::Data, vec![1]).await, Err(BusError::Closed)));
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .unwrap()
+            .unwrap(),
+        2
+    );
+    assert!(matches!(
+        bus.publish(FrameType::Data, vec![1]).await,
+        Err(BusError::Closed)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +279,8 @@ async fn corrupt_records_are_skipped_counted_and_do_not_stop_consumers() {
         db.put_cf(frames, key(7), env.encode_to_vec()).unwrap();
         // Keys outside the format, inside and after the key range.
         db.put_cf(frames, b"frame:0000000000000000000x", b"junk").unwrap();
-        db.put_cf(frames, b"frame:00000000000000000008-extra", b"junk").unwrap();
+        db.put_cf(frames, b"frame:00000000000000000008-extra", b"junk")
+            .unwrap();
         db.put_cf(frames, b"frame:zzz", b"junk").unwrap();
         // A cursor of the wrong length.
         let cursors = db.cf_handle(frame_bus::column_families::CURSORS).unwrap();
@@ -316,7 +355,11 @@ async fn retention_deletes_only_what_every_consumer_acknowledged() {
     drop(bus);
     let bus = open(dir.path());
     assert_eq!(bus.head_seq(), 200);
-    assert_eq!(bus.publish(FrameType::Data, vec![1]).await.unwrap(), 201, "seqs never restart");
+    assert_eq!(
+        bus.publish(FrameType::Data, vec![1]).await.unwrap(),
+        201,
+        "seqs never restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,11 +430,20 @@ async fn retention_by_size_keeps_the_bus_under_its_limit() {
         assert_eq!(r.first, chunk * 256 + 1);
     }
     let before = bus.stats();
-    assert!(before.approx_bytes > MAX, "test wrote more than the limit: {}", before.approx_bytes);
+    assert!(
+        before.approx_bytes > MAX,
+        "test wrote more than the limit: {}",
+        before.approx_bytes
+    );
     let r = bus.run_retention().unwrap();
     assert!(r.dropped_size > 0);
     let st = bus.stats();
-    assert!(st.approx_bytes <= MAX, "after retention {} > {}", st.approx_bytes, MAX);
+    assert!(
+        st.approx_bytes <= MAX,
+        "after retention {} > {}",
+        st.approx_bytes,
+        MAX
+    );
     assert_eq!(st.frames_dropped_size_total, r.dropped_size);
     assert_eq!(st.oldest_seq, r.deleted_through + 1);
     // What remains is contiguous and readable up to head.
@@ -415,11 +467,20 @@ async fn every_sync_mode_stores_the_same_frames() {
     for mode in [SyncMode::Batch, SyncMode::Always, SyncMode::None] {
         let dir = tempfile::tempdir().unwrap();
         {
-            let bus = FrameBus::open(dir.path(), BusConfig { sync: mode, ..config() }).unwrap();
+            let bus = FrameBus::open(
+                dir.path(),
+                BusConfig {
+                    sync: mode,
+                    ..config()
+                },
+            )
+            .unwrap();
             let mut tasks = Vec::new();
             for p in 0..4u64 {
                 let bus = bus.clone();
-                tasks.push(tokio::spawn(async move { publish_n(&bus, p * 1000, 100, 16).await }));
+                tasks.push(tokio::spawn(
+                    async move { publish_n(&bus, p * 1000, 100, 16).await },
+                ));
             }
             for t in tasks {
                 t.await.unwrap();

@@ -54,7 +54,11 @@ pub fn raw_db(dir: &Path) -> rocksdb::DB {
 pub async fn publish_n(bus: &FrameBus, from: u64, n: u64, len: usize) -> Vec<u64> {
     let mut seqs = Vec::new();
     for i in from..from + n {
-        seqs.push(bus.publish(FrameType::Data, payload(i, len)).await.expect("publish"));
+        seqs.push(
+            bus.publish(FrameType::Data, payload(i, len))
+                .await
+                .expect("publish"),
+        );
     }
     seqs
 }

@@ -93,18 +93,27 @@ async fn guard_rejects_when_full_and_resumes_when_space_returns() {
         }
     }
     let err = err.expect("the filesystem filled up");
-    assert!(matches!(err, BusError::DiskFull { .. }), "typed disk-full error, got {err:?}");
+    assert!(
+        matches!(err, BusError::DiskFull { .. }),
+        "typed disk-full error, got {err:?}"
+    );
     assert!(!acked.is_empty());
     let last = *acked.last().unwrap();
     assert_eq!(acked, (1..=last).collect::<Vec<_>>());
     // Still full: still rejected, nothing assigned.
-    assert!(matches!(bus.publish(FrameType::Data, vec![1; 2048]).await, Err(BusError::DiskFull { .. })));
+    assert!(matches!(
+        bus.publish(FrameType::Data, vec![1; 2048]).await,
+        Err(BusError::DiskFull { .. })
+    ));
     assert_eq!(bus.head_seq(), last);
     let st = bus.stats();
     assert!(st.disk_full_rejections_total >= 2);
 
     std::fs::remove_file(&ballast).unwrap();
-    let next = bus.publish(FrameType::Data, payload(last + 1, 2048)).await.unwrap();
+    let next = bus
+        .publish(FrameType::Data, payload(last + 1, 2048))
+        .await
+        .unwrap();
     assert_eq!(next, last + 1, "resumes without a gap");
 
     // Every acknowledged frame is intact, after a reopen too.
@@ -146,7 +155,10 @@ async fn enospc_inside_rocksdb_is_recovered_in_process() {
         }
     }
     let e = failed.expect("rocksdb ran out of space");
-    assert!(matches!(e, BusError::DiskFull { .. } | BusError::Storage(_)), "{e:?}");
+    assert!(
+        matches!(e, BusError::DiskFull { .. } | BusError::Storage(_)),
+        "{e:?}"
+    );
     // Still full: still an error.
     assert!(bus.publish(FrameType::Data, vec![1; 16]).await.is_err());
     std::fs::remove_file(&ballast).unwrap();
@@ -165,12 +177,18 @@ async fn enospc_inside_rocksdb_is_recovered_in_process() {
     let resumed = resumed.expect("publishing resumed in-process after space was freed");
     // A batch that reported an error may still have reached the WAL; then
     // head moved past it. Either way: no gap, no reuse.
-    assert!(resumed == last + 1 || resumed == last + 2, "resumed at {resumed}, last acked {last}");
+    assert!(
+        resumed == last + 1 || resumed == last + 2,
+        "resumed at {resumed}, last acked {last}"
+    );
     eprintln!("ENOSPC inside RocksDB after seq {last}: {e}; resumed at {resumed}");
 
     // The live subscription saw every acknowledged frame across the reopen.
     for seq in 1..=last {
-        let f = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await.unwrap().unwrap();
+        let f = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(f.sequence_id, seq);
         assert_eq!(f.data, payload(seq, 4096));
     }

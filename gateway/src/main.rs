@@ -9,7 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "Industrial edge gateway: field devices → durable frame bus → storage")]
+#[command(
+    name = "gateway",
+    version,
+    about = "Industrial edge gateway: field devices → durable frame bus → storage"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -77,7 +81,10 @@ fn wal_stats(dir: &std::path::Path) -> anyhow::Result<()> {
     println!("malformed_keys {}", s.malformed_keys_total);
     println!("corrupt_cursors {}", s.corrupt_cursors_total);
     for c in &s.consumers {
-        println!("consumer {:<24} cursor {:>12} lag {:>12}", c.name, c.persisted_cursor, c.lag);
+        println!(
+            "consumer {:<24} cursor {:>12} lag {:>12}",
+            c.name, c.persisted_cursor, c.lag
+        );
     }
     bus.close();
     Ok(())

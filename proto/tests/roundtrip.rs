@@ -1,8 +1,8 @@
 //! Round-trip and checksum tests of the frame protocol.
 
 use proto::{
-    checksum, decode_envelope, value, CommandFrame, DataFrame, EventFrame, EventKind,
-    FrameEnvelope, FrameError, FrameType, Message, Quality, Sample, Value,
+    checksum, decode_envelope, value, CommandFrame, DataFrame, EventFrame, EventKind, FrameEnvelope,
+    FrameError, FrameType, Message, Quality, Sample, Value,
 };
 
 fn sample(tag: &str, v: Value) -> Sample {
@@ -62,7 +62,13 @@ fn event_and_command_frames_round_trip() {
         ..Default::default()
     };
     let env = FrameEnvelope::new(1, 2, FrameType::Event, ev.encode_to_vec());
-    assert_eq!(decode_envelope(&env.encode_to_vec()).unwrap().event_frame().unwrap(), ev);
+    assert_eq!(
+        decode_envelope(&env.encode_to_vec())
+            .unwrap()
+            .event_frame()
+            .unwrap(),
+        ev
+    );
 
     let cmd = CommandFrame {
         command_id: "c1".into(),
@@ -73,7 +79,13 @@ fn event_and_command_frames_round_trip() {
         origin: "api".into(),
     };
     let env = FrameEnvelope::new(2, 3, FrameType::Command, cmd.encode_to_vec());
-    assert_eq!(decode_envelope(&env.encode_to_vec()).unwrap().command_frame().unwrap(), cmd);
+    assert_eq!(
+        decode_envelope(&env.encode_to_vec())
+            .unwrap()
+            .command_frame()
+            .unwrap(),
+        cmd
+    );
 }
 
 #[test]
@@ -89,7 +101,10 @@ fn flipped_payload_bit_is_a_checksum_error() {
     let mut env = FrameEnvelope::new(1, 1, FrameType::Data, vec![1, 2, 3, 4]);
     env.data[2] ^= 0x10;
     let stored = env.encode_to_vec();
-    assert!(matches!(decode_envelope(&stored), Err(FrameError::Checksum { .. })));
+    assert!(matches!(
+        decode_envelope(&stored),
+        Err(FrameError::Checksum { .. })
+    ));
 }
 
 #[test]

@@ -58,7 +58,9 @@ fn run_child_and_kill(dir: &std::path::Path, kill_after: Duration) -> RoundLog {
         }
     });
     // Wait for READY (bounded), then let it run for `kill_after`.
-    let first = rx.recv_timeout(Duration::from_secs(120)).expect("child became ready");
+    let first = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("child became ready");
     assert_eq!(first, "READY");
     let deadline = Instant::now() + kill_after;
     let mut lines = Vec::new();
@@ -121,14 +123,26 @@ async fn sigkill_during_batch_publishing_loses_no_acknowledged_frame() {
         total_reported += log.published.len();
         // Publishers of earlier rounds restarted their counters; key by seq.
         for (seq, v) in &log.published {
-            assert!(all.insert(*seq, *v).is_none(), "round {round}: seq {seq} acknowledged twice");
+            assert!(
+                all.insert(*seq, *v).is_none(),
+                "round {round}: seq {seq} acknowledged twice"
+            );
         }
         // No retention in the checker: it must see every frame the child stored.
-        let bus = FrameBus::open(dir.path(), BusConfig { retention: no_retention(), ..BusConfig::default() })
-            .expect("reopen after SIGKILL");
+        let bus = FrameBus::open(
+            dir.path(),
+            BusConfig {
+                retention: no_retention(),
+                ..BusConfig::default()
+            },
+        )
+        .expect("reopen after SIGKILL");
         let head = bus.head_seq();
         let max_reported = log.published.keys().max().copied().unwrap_or(0);
-        assert!(head >= max_reported, "round {round}: head {head} < acknowledged {max_reported}");
+        assert!(
+            head >= max_reported,
+            "round {round}: head {head} < acknowledged {max_reported}"
+        );
 
         // The consumer's cursor is never ahead of what it acknowledged and
         // resumes right after it.
@@ -139,7 +153,10 @@ async fn sigkill_during_batch_publishing_loses_no_acknowledged_frame() {
             .find(|c| c.name == "crash-consumer")
             .map(|c| c.persisted_cursor)
             .unwrap_or(0);
-        assert!(cursor <= log.max_ack.max(prev_ack_bound), "round {round}: cursor {cursor} beyond acks");
+        assert!(
+            cursor <= log.max_ack.max(prev_ack_bound),
+            "round {round}: cursor {cursor} beyond acks"
+        );
         prev_ack_bound = prev_ack_bound.max(log.max_ack);
         let resume = bus.subscribe("crash-consumer", None).unwrap();
         assert_eq!(resume.position(), cursor + 1);
@@ -155,9 +172,17 @@ async fn sigkill_during_batch_publishing_loses_no_acknowledged_frame() {
                 .unwrap_or_else(|_| panic!("round {round}: frame {expect} never delivered"))
                 .unwrap();
             for f in batch {
-                assert_eq!(f.sequence_id, expect, "round {round}: gap before {}", f.sequence_id);
+                assert_eq!(
+                    f.sequence_id, expect,
+                    "round {round}: gap before {}",
+                    f.sequence_id
+                );
                 if let Some((p, n)) = all.get(&f.sequence_id) {
-                    assert_eq!(f.data, tests::crash_payload(*p, *n), "round {round}: seq {expect}");
+                    assert_eq!(
+                        f.data,
+                        tests::crash_payload(*p, *n),
+                        "round {round}: seq {expect}"
+                    );
                 }
                 expect += 1;
             }
