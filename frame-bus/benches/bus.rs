@@ -79,6 +79,21 @@ struct PublishResult {
     avg_batch: f64,
 }
 
+impl PublishResult {
+    /// Table cells: bus rate, raw rate, ratio, frames per commit, p50, p99.
+    fn row(&self, raw: f64) -> String {
+        format!(
+            "{:.0} | {:.0} | {:.2} | {:.1} | {:.2} | {:.2}",
+            self.rate,
+            raw,
+            self.rate / raw,
+            self.avg_batch,
+            self.p50_ms,
+            self.p99_ms
+        )
+    }
+}
+
 async fn bench_bus_publish(
     dir: &Path,
     sync: SyncMode,
@@ -291,15 +306,7 @@ async fn main() {
                 let raw = raws[raws.len() / 2];
                 runs.sort_by(|a, b| a.0.rate.total_cmp(&b.0.rate));
                 let r = &runs[runs.len() / 2].0;
-                println!(
-                    "| {size} | {name} | {publishers} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} |",
-                    r.rate,
-                    raw,
-                    r.rate / raw,
-                    r.avg_batch,
-                    r.p50_ms,
-                    r.p99_ms
-                );
+                println!("| {size} | {name} | {publishers} | {} |", r.row(raw));
             }
         }
     }
@@ -313,15 +320,7 @@ async fn main() {
         let r = bench_bus_publish(&dir, SyncMode::Batch, 256, publishers, 1, n).await;
         let rdir = fresh(&base, "raw");
         let raw = bench_raw_publish(&rdir, SyncMode::Batch, 256, n, r.avg_batch.round() as usize);
-        println!(
-            "| {publishers} | {:.0} | {:.0} | {:.2} | {:.1} | {:.2} | {:.2} |",
-            r.rate,
-            raw,
-            r.rate / raw,
-            r.avg_batch,
-            r.p50_ms,
-            r.p99_ms
-        );
+        println!("| {publishers} | {} |", r.row(raw));
     }
     println!("\n## replay (256 B frames, stored backlog read from the start)");
     println!("| frames | bus frames/s | raw iterator frames/s | bus/raw |");
