@@ -33,4 +33,13 @@ log "cargo clippy (release profile, shared with the tests)"
 cargo clippy --workspace --all-targets --release --locked -- -D warnings
 
 log "cargo test (release profile)"
-cargo test --workspace --release --locked -- --test-threads="${TEST_THREADS:-2}"
+results="$(mktemp)"
+STARTED+=("rm -f '$results'")
+set +e
+cargo test --workspace --release --locked -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$results"
+exit "$status"
