@@ -155,7 +155,9 @@ impl FrameBus {
             .await
             .map_err(|_| BusError::Closed)?;
         }
-        rx.await.map_err(|_| BusError::Closed)?
+        let (result, frames) = rx.await.map_err(|_| BusError::Closed)?;
+        drop(frames);
+        result
     }
 
     /// Subscribes as `consumer`, resuming after its stored cursor. A consumer

@@ -33,7 +33,16 @@ pub(crate) struct PublishRequest {
     pub frames: Vec<FrameEnvelope>,
     pub bytes: usize,
     pub enqueued: Instant,
-    pub reply: oneshot::Sender<Result<SeqRange, BusError>>,
+    /// The frames travel back with the answer so the publisher's thread frees
+    /// the memory it allocated (cross-thread frees cost the writer ~20 % in
+    /// `none` mode with small frames).
+    pub reply: oneshot::Sender<(Result<SeqRange, BusError>, Vec<FrameEnvelope>)>,
+}
+
+impl PublishRequest {
+    fn answer(self, result: Result<SeqRange, BusError>) {
+        let _ = self.reply.send((result, self.frames));
+    }
 }
 
 pub(crate) enum Request {
@@ -209,7 +218,7 @@ impl Writer {
                         self.last_disk_full_log = Some(now);
                     }
                     for p in publishes {
-                        let _ = p.reply.send(Err(BusError::DiskFull {
+                        p.answer(Err(BusError::DiskFull {
                             path: self.shared.path.clone(),
                             available: avail,
                             required,
@@ -224,7 +233,7 @@ impl Writer {
                 c.publish_errors
                     .fetch_add(publishes.len() as u64, Ordering::Relaxed);
                 for p in publishes {
-                    let _ = p.reply.send(Err(clone_err(&e)));
+                    p.answer(Err(clone_err(&e)));
                 }
                 return;
             }
@@ -243,7 +252,7 @@ impl Writer {
                 let now = Instant::now();
                 for (p, r) in publishes.into_iter().zip(ranges) {
                     c.publish_latency.record(now.duration_since(p.enqueued));
-                    let _ = p.reply.send(Ok(r));
+                    p.answer(Ok(r));
                 }
             }
             Err(e) => {
@@ -251,7 +260,7 @@ impl Writer {
                     .fetch_add(publishes.len() as u64, Ordering::Relaxed);
                 warn!(error = %e, frames = total_frames, "frame batch write failed; publishers get the error, no seq was assigned");
                 for p in publishes {
-                    let _ = p.reply.send(Err(clone_err(&e)));
+                    p.answer(Err(clone_err(&e)));
                 }
             }
         }
