@@ -215,6 +215,8 @@ impl FrameBus {
     /// keeping frames for it. Fails with `ConsumerBusy` while it is subscribed.
     pub fn remove_consumer(&self, consumer: &str) -> Result<bool, BusError> {
         let sh = &self.inner.shared;
+        // The db handle first: lock order is db → cursor locks, as in the writer.
+        let db = sh.db()?;
         let _writes = sh.cursor_write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut map = sh.cursors();
         match map.get(consumer) {
@@ -224,7 +226,6 @@ impl FrameBus {
         }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(sh.config.sync.fsyncs());
-        let db = sh.db()?;
         db.delete_cf_opt(store::cf(&db, crate::keys::CF_CURSORS), consumer.as_bytes(), &wo)
             .map_err(|e| sh.storage_err(e))?;
         map.remove(consumer);

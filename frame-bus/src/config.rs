@@ -90,8 +90,10 @@ pub struct BusConfig {
     /// (or with the next frame batch, whichever comes first).
     pub cursor_flush_interval: Duration,
     /// Publishing fails fast with [`crate::BusError::DiskFull`] while the data
-    /// directory's filesystem has less free space than this; RocksDB itself is
-    /// never driven into ENOSPC by the frame writer in normal operation.
+    /// directory's filesystem has less free space than this. The guard counts
+    /// the batch, not the space memtable flushes and compactions need (up to
+    /// 3 × `write_buffer_bytes` + a 64 MiB SST), so RocksDB can still meet
+    /// ENOSPC on a tight disk; the writer then reopens it (see crate docs).
     pub min_free_bytes: u64,
     /// Start position of consumers without a stored cursor.
     pub default_start: StartFrom,

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 /// corrupted state: a failed publish assigned no sequence number.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    /// The filesystem holding the data directory is (nearly) full. Nothing of
-    /// the failed batch was stored; publishing works again once space is freed.
+    /// The filesystem holding the data directory is (nearly) full. When the
+    /// free-space guard rejected the batch, nothing of it was stored; when it
+    /// maps a RocksDB ENOSPC, see the crate docs on failed writes. Publishing
+    /// works again once space is freed.
     #[error("disk full at {path}: {available} bytes free, {required} required")]
     DiskFull {
         path: PathBuf,
@@ -27,6 +29,10 @@ pub enum BusError {
     /// The directory was written by a newer, incompatible version of the bus.
     #[error("bus format version {found} is newer than this build supports ({supported})")]
     UnsupportedFormat { found: u64, supported: u64 },
+    /// The database is being reopened after a write error (or the reopen
+    /// failed and is retried). Transient: subscriptions wait it out.
+    #[error("frame bus database unavailable while it is reopened after a write error")]
+    Unavailable,
     /// The bus was closed (or its writer stopped).
     #[error("frame bus is closed")]
     Closed,
@@ -64,6 +70,9 @@ impl BusError {
 
     /// Whether retrying later may succeed (disk full, transient I/O).
     pub fn is_transient(&self) -> bool {
-        matches!(self, BusError::DiskFull { .. } | BusError::Storage(_))
+        matches!(
+            self,
+            BusError::DiskFull { .. } | BusError::Storage(_) | BusError::Unavailable
+        )
     }
 }

@@ -33,7 +33,11 @@
 //!    whatever publishers queued while the previous fsync ran is written as
 //!    one batch with one fsync. [`SyncMode::None`] survives a process crash
 //!    (the WAL write reached the kernel) but not a power cut. A failed write
-//!    returns an error to its publishers and assigns no seq.
+//!    returns an error to its publishers and `head` does not move. If RocksDB
+//!    reported the error after the bytes had reached its WAL, the reopen that
+//!    follows (see 6) recovers that batch and `head` moves past it: seqs stay
+//!    unique and gapless, and a publisher that retried has its frame twice in
+//!    the bus (sinks are idempotent; see DESIGN.md invariant 5).
 //! 3. **Consumers.** A [`Subscription`] delivers frames from its cursor + 1 in
 //!    seq order: first the stored backlog, then live frames (woken by the
 //!    writer, no polling). [`Subscription::ack`] moves the cursor forward in
@@ -45,8 +49,10 @@
 //!    persisted cursor is at or past it, or when a retention limit forces it
 //!    (`max_age`, default 24 h; `max_bytes`). Forced drops are counted per
 //!    cause in [`BusStats`] and logged with their seq range; a consumer that
-//!    was behind them logs and counts the skipped range. A consumer with no
-//!    cursor yet starts at `Earliest` (oldest stored) or `Latest` (head).
+//!    was behind them logs and counts the skipped range. With no registered
+//!    consumer nothing is deleted by acknowledgement, only by the limits. A
+//!    consumer with no cursor yet starts at `Earliest` (oldest stored) or
+//!    `Latest` (head); it stays registered until `remove_consumer`.
 //! 5. **Verification.** Every read checks the key format, decodes the
 //!    envelope, verifies its CRC and that its `sequence_id` matches the key.
 //!    A bad record is skipped, counted (`corrupt_frames_total`,
@@ -54,9 +60,14 @@
 //!    stops a consumer. A bad cursor value found at open is counted and its
 //!    consumer replays from the oldest stored frame (at-least-once holds).
 //! 6. **Disk full.** The writer checks free space before each batch and
-//!    rejects it with [`BusError::DiskFull`] below `min_free_bytes`; a RocksDB
-//!    write error (ENOSPC or other I/O) is likewise returned, never a panic,
-//!    and assigns no seq. Publishing resumes by itself once space is back.
+//!    rejects it with [`BusError::DiskFull`] below `min_free_bytes` (nothing
+//!    of it is stored). A RocksDB write error (ENOSPC or other I/O) is
+//!    returned too, never a panic; RocksDB keeps such an instance read-only,
+//!    so the writer reopens the database in-process — on the next request or
+//!    its 1 s retry tick, once free space ≥ max(`min_free_bytes`, 1 MiB) —
+//!    while subscriptions wait (`BusError::Unavailable` is never surfaced by
+//!    `recv`). If the reopen itself fails (no space even to open), it is
+//!    retried; publishing resumes as soon as it succeeds.
 //!
 //! # Threads
 //!

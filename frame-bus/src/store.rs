@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub counters: Counters,
 }
 
+/// Reader name retention uses for its probes (its finds are not counted).
+pub(crate) const RETENTION_READER: &str = "retention";
+
 /// What reading a range yielded.
 pub(crate) struct ReadOutcome {
     pub frames: Vec<FrameEnvelope>,
@@ -74,7 +77,7 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| BusError::Storage("database closed after a failed reopen; retrying".into()))
+            .ok_or(BusError::Unavailable)
     }
 
     /// Closes and reopens the database in place, then re-reads head, floor
@@ -84,25 +87,45 @@ impl Shared {
     /// duration; handles they hold are waited for (bounded).
     /// Returns the recovered head.
     pub fn reopen(&self) -> Result<Recovered, BusError> {
-        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
-        // Wait until every clone handed out before the lock is dropped.
+        // 1. Take the failed instance out; readers now get `Unavailable` at
+        //    once (subscriptions wait asynchronously) instead of blocking.
+        let Some(mut old) = self.db.write().unwrap_or_else(|p| p.into_inner()).take() else {
+            return self.open_into_slot();
+        };
+        // 2. Wait, without any lock, for handles handed out before (a read, a compaction).
         let mut waited = Duration::ZERO;
-        while slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
-            if waited > Duration::from_secs(10) {
-                return Err(BusError::Storage(
-                    "reopen: database handle still in use after 10 s".into(),
-                ));
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db); // closes the instance: RocksDB allows one per directory
+                    break;
+                }
+                Err(still_shared) if waited < Duration::from_secs(10) => {
+                    old = still_shared;
+                    std::thread::sleep(Duration::from_millis(5));
+                    waited += Duration::from_millis(5);
+                }
+                Err(still_shared) => {
+                    *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(still_shared);
+                    return Err(BusError::Storage(
+                        "reopen: database handle still in use after 10 s".into(),
+                    ));
+                }
             }
-            std::thread::sleep(Duration::from_millis(5));
-            waited += Duration::from_millis(5);
         }
-        // Close the failed instance first: RocksDB allows one per directory.
-        slot.take();
+        self.open_into_slot()
+    }
+
+    /// Opens the database into the empty slot and adopts what recovery found.
+    /// On failure the slot stays empty (`Unavailable`) and the writer retries.
+    fn open_into_slot(&self) -> Result<Recovered, BusError> {
         let (opts, cfs) = db_options(&self.config);
         let db = DB::open_cf_descriptors(&opts, &self.path, cfs)
             .map_err(|e| BusError::from_rocksdb(e, &self.path))?;
-        let rec = recover(&db, &self.path, &self.counters)?;
-        *slot = Some(Arc::new(db));
+        // Counters were counted at the first open; do not count the same records again.
+        let rec = recover(&db, &self.path, &Counters::default())?;
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+        // The db lock is released before the cursor lock is taken (lock order: cursors → db).
         self.deleted_through
             .fetch_max(rec.deleted_through, Ordering::AcqRel);
         self.head.fetch_max(rec.head, Ordering::AcqRel);
@@ -169,7 +192,8 @@ impl Shared {
                         }
                         bad.push((at, format!("rocksdb: {e}")));
                         out.last_examined = Some(at);
-                        if at == to {
+                        // Bounded work per call: the caller resumes after `at`.
+                        if at == to || bad.len() >= max {
                             break;
                         }
                         it.seek(frame_key(at + 1));
@@ -212,7 +236,8 @@ impl Shared {
                 "skipped keys outside the frame:{{seq:020}} format"
             );
         }
-        if !bad.is_empty() {
+        // Retention's probes would count the same records again every pass.
+        if !bad.is_empty() && reader != RETENTION_READER {
             self.counters
                 .corrupt_frames
                 .fetch_add(bad.len() as u64, Ordering::Relaxed);
@@ -234,7 +259,7 @@ impl Shared {
     pub fn first_frame_at_or_after(&self, seq: u64, head: u64) -> Result<Option<(u64, u64)>, BusError> {
         let mut from = seq;
         while from <= head {
-            let r = self.read_range(from, head, 1, "retention")?;
+            let r = self.read_range(from, head, 1, RETENTION_READER)?;
             if let Some(f) = r.frames.first() {
                 return Ok(Some((f.sequence_id, f.timestamp_ns)));
             }

@@ -86,7 +86,10 @@ impl Subscription {
     /// Frames available now, without waiting (possibly none).
     pub fn try_recv_batch(&mut self, max: usize) -> Result<Vec<FrameEnvelope>, BusError> {
         if self.buffer.is_empty() {
-            self.read_available(max.max(1))?;
+            match self.read_available(max.max(1)) {
+                Ok(_) | Err(BusError::Unavailable) => {}
+                Err(e) => return Err(e),
+            }
         }
         let n = max.min(self.buffer.len());
         Ok(self.buffer.drain(..n).collect())
@@ -94,8 +97,15 @@ impl Subscription {
 
     async fn fill(&mut self, chunk: usize) -> Result<(), BusError> {
         loop {
-            if self.read_available(chunk)? {
-                return Ok(());
+            match self.read_available(chunk) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // The writer is reopening the database: wait it out, asynchronously.
+                Err(BusError::Unavailable) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             if self.head_rx.changed().await.is_err() {
                 // Writer gone: deliver what is still stored, then report closed.

@@ -13,7 +13,10 @@
 //!    publish the new head to subscribers and answer every publisher.
 //!
 //! A failed write answers every publisher of the batch with the error and
-//! leaves `head` unchanged, so no seq is ever skipped or reused.
+//! leaves `head` unchanged, so no seq is skipped or reused; the database is
+//! then reopened before the next write (RocksDB keeps an instance whose
+//! write failed read-only), and if the failed batch had reached the WAL after
+//! all, recovery finds it and `head` moves past it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -138,6 +141,8 @@ impl Writer {
                     continue;
                 }
                 _ = sleep_until_opt(cursor_due) => None,
+                // After a write error, retry the reopen even when nobody publishes.
+                _ = tokio::time::sleep(Duration::from_secs(1)), if self.needs_reopen => None,
             };
             let mut publishes = Vec::new();
             let mut flushes = Vec::new();
@@ -183,6 +188,10 @@ impl Writer {
             let flushed = self.write(&mut [], 0).map(|_| ());
             for tx in flushes {
                 let _ = tx.send(flushed.as_ref().map_err(clone_err).copied());
+            }
+            // Cursors whose write failed stay dirty: retry on the timer, not only on the next ack.
+            if self.shared.cursors_dirty.load(Ordering::Acquire) {
+                cursor_due = Some(tokio::time::Instant::now() + flush_every);
             }
         }
     }
@@ -415,6 +424,7 @@ pub(crate) fn clone_err(e: &BusError) -> BusError {
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
         BusError::Closed => BusError::Closed,
+        BusError::Unavailable => BusError::Unavailable,
         BusError::UnsupportedFormat { found, supported } => BusError::UnsupportedFormat {
             found: *found,
             supported: *supported,
