@@ -497,3 +497,37 @@ async fn every_sync_mode_stores_the_same_frames() {
         assert_eq!(bus.head_seq(), 400, "{mode:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_retention_deletes_acknowledged_frames_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = FrameBus::open(
+        dir.path(),
+        BusConfig {
+            retention: RetentionConfig {
+                max_age: Some(Duration::from_secs(24 * 3600)),
+                max_bytes: None,
+                interval: Duration::from_millis(20),
+            },
+            cursor_flush_interval: Duration::from_millis(10),
+            ..config()
+        },
+    )
+    .unwrap();
+    let sub = bus.subscribe("sink", None).unwrap();
+    publish_n(&bus, 1, 50, 16).await;
+    sub.ack(30).unwrap();
+    // No explicit flush or retention call: the writer's timer persists the
+    // cursor and the retention thread deletes behind it (bounded wait).
+    let mut oldest = 0;
+    for _ in 0..1000 {
+        oldest = bus.stats().oldest_seq;
+        if oldest == 31 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(oldest, 31);
+    let st = bus.stats();
+    assert_eq!((st.frames_deleted_acked_total, st.frames_dropped_age_total), (30, 0));
+}
