@@ -4,6 +4,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/frame.proto");
     let descriptors = protox::compile(["proto/frame.proto"], ["proto"])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    // `bytes` fields as `bytes::Bytes`: a reader decodes a whole chunk of
+    // stored frames from one buffer and every payload is a zero-copy slice.
+    prost_build::Config::new().bytes(["."]).compile_fds(descriptors)?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+use prost::bytes::BytesMut;
 use proto::{FrameEnvelope, Message};
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
@@ -67,6 +68,8 @@ pub(crate) struct ReadOutcome {
     pub frames: Vec<FrameEnvelope>,
     /// Highest seq examined (valid or not); the reader resumes after it.
     pub last_examined: Option<u64>,
+    /// The iteration reached the end of the requested range (nothing left to examine).
+    pub reached_end: bool,
 }
 
 impl Shared {
@@ -158,12 +161,16 @@ impl Shared {
         BusError::from_rocksdb(e, &self.path)
     }
 
-    /// Reads up to `max` valid frames with seq in `from..=to`, verifying each.
-    /// Corrupt records are counted, logged once per call with their seqs, and skipped.
+    /// Examines up to `max` records with seq in `from..=to` and returns the
+    /// valid ones. The stored values are copied into one buffer per call and
+    /// every payload is a zero-copy slice of it (one allocation per chunk, not
+    /// per frame). Corrupt records are counted, logged once per call with
+    /// their seqs, and skipped.
     pub fn read_range(&self, from: u64, to: u64, max: usize, reader: &str) -> Result<ReadOutcome, BusError> {
         let mut out = ReadOutcome {
             frames: Vec::with_capacity(max.min(to.saturating_sub(from) as usize + 1)),
             last_examined: None,
+            reached_end: false,
         };
         if from > to || max == 0 {
             return Ok(out);
@@ -179,21 +186,31 @@ impl Shared {
         it.seek(frame_key(from));
         let mut bad: Vec<(u64, String)> = Vec::new();
         let mut malformed = 0u64;
+        let mut chunk = BytesMut::new();
+        let mut records: Vec<(u64, usize, usize)> = Vec::new();
         loop {
             if !it.valid() {
                 match it.status() {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        out.reached_end = true;
+                        break;
+                    }
                     // RocksDB found its own block corrupt: count the seq it
                     // could not read and step past it, never stopping the reader.
                     Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
                         let at = out.last_examined.map_or(from, |s| s + 1);
                         if at > to {
+                            out.reached_end = true;
                             break;
                         }
                         bad.push((at, format!("rocksdb: {e}")));
                         out.last_examined = Some(at);
+                        if at == to {
+                            out.reached_end = true;
+                            break;
+                        }
                         // Bounded work per call: the caller resumes after `at`.
-                        if at == to || bad.len() >= max {
+                        if bad.len() + records.len() >= max {
                             break;
                         }
                         it.seek(frame_key(at + 1));
@@ -209,21 +226,29 @@ impl Shared {
                 None => malformed += 1,
                 Some(seq) => {
                     out.last_examined = Some(seq);
-                    match proto::decode_envelope(v) {
-                        Ok(env) if env.sequence_id == seq => out.frames.push(env),
-                        Ok(env) => bad.push((
-                            seq,
-                            format!("envelope carries seq {} under key seq {seq}", env.sequence_id),
-                        )),
-                        Err(e) => bad.push((seq, e.to_string())),
-                    }
-                    if out.frames.len() >= max {
+                    let start = chunk.len();
+                    chunk.extend_from_slice(v);
+                    records.push((seq, start, chunk.len()));
+                    if records.len() + bad.len() >= max {
                         break;
                     }
                 }
             }
             it.next();
         }
+        drop(it);
+        let chunk = chunk.freeze();
+        for (seq, start, end) in records {
+            match proto::decode_envelope_shared(chunk.slice(start..end)) {
+                Ok(env) if env.sequence_id == seq => out.frames.push(env),
+                Ok(env) => bad.push((
+                    seq,
+                    format!("envelope carries seq {} under key seq {seq}", env.sequence_id),
+                )),
+                Err(e) => bad.push((seq, e.to_string())),
+            }
+        }
+        bad.sort_by_key(|b| b.0);
         if malformed > 0 {
             self.counters
                 .malformed_keys

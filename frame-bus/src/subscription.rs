@@ -144,10 +144,10 @@ impl Subscription {
             }
             let out = self.shared.read_range(self.next, head, chunk, &self.name)?;
             let got = !out.frames.is_empty();
-            self.next = if out.frames.len() >= chunk {
-                out.last_examined.map_or(head + 1, |s| s + 1)
-            } else {
+            self.next = if out.reached_end {
                 head + 1
+            } else {
+                out.last_examined.map_or(head + 1, |s| s + 1)
             };
             self.buffer.extend(out.frames);
             if got {

@@ -156,7 +156,7 @@ async fn consumers_resume_after_reopen_at_their_own_speed() {
         b2.publish(FrameType::Data, b"live".to_vec()).await.unwrap()
     });
     let live = slow.recv().await.unwrap();
-    assert_eq!(live.data, b"live");
+    assert_eq!(&live.data[..], b"live");
     assert_eq!(live.sequence_id, h.await.unwrap());
 }
 
@@ -266,7 +266,9 @@ async fn corrupt_records_are_skipped_counted_and_do_not_stop_consumers() {
         let key = |s: u64| frame_bus::keys::frame_key(s);
         // seq 3: one payload bit flipped, checksum left as stored -> CRC mismatch.
         let mut env = FrameEnvelope::decode(db.get_cf(frames, key(3)).unwrap().unwrap().as_slice()).unwrap();
-        env.data[5] ^= 0x01;
+        let mut data = env.data.to_vec();
+        data[5] ^= 0x01;
+        env.data = data.into();
         db.put_cf(frames, key(3), env.encode_to_vec()).unwrap();
         // seq 5: garbage bytes.
         db.put_cf(frames, key(5), [0xff, 0xff, 0xff, 0x07, 0x01]).unwrap();
@@ -529,5 +531,8 @@ async fn background_retention_deletes_acknowledged_frames_by_itself() {
     }
     assert_eq!(oldest, 31);
     let st = bus.stats();
-    assert_eq!((st.frames_deleted_acked_total, st.frames_dropped_age_total), (30, 0));
+    assert_eq!(
+        (st.frames_deleted_acked_total, st.frames_dropped_age_total),
+        (30, 0)
+    );
 }

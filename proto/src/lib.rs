@@ -21,6 +21,7 @@ mod generated {
 }
 
 pub use generated::*;
+pub use prost::bytes::Bytes;
 pub use prost::Message;
 
 /// Why a stored or received record is not an acceptable frame.
@@ -44,7 +45,8 @@ pub fn checksum(data: &[u8]) -> u32 {
 
 impl FrameEnvelope {
     /// Builds an envelope around an already encoded payload, computing its checksum.
-    pub fn new(sequence_id: u64, timestamp_ns: u64, frame_type: FrameType, data: Vec<u8>) -> Self {
+    pub fn new(sequence_id: u64, timestamp_ns: u64, frame_type: FrameType, data: impl Into<Bytes>) -> Self {
+        let data = data.into();
         let checksum = checksum(&data);
         FrameEnvelope {
             sequence_id,
@@ -72,22 +74,28 @@ impl FrameEnvelope {
 
     /// Decodes the payload as a [`DataFrame`].
     pub fn data_frame(&self) -> Result<DataFrame, FrameError> {
-        DataFrame::decode(self.data.as_slice()).map_err(|e| FrameError::Decode(e.to_string()))
+        DataFrame::decode(self.data.clone()).map_err(|e| FrameError::Decode(e.to_string()))
     }
 
     /// Decodes the payload as an [`EventFrame`].
     pub fn event_frame(&self) -> Result<EventFrame, FrameError> {
-        EventFrame::decode(self.data.as_slice()).map_err(|e| FrameError::Decode(e.to_string()))
+        EventFrame::decode(self.data.clone()).map_err(|e| FrameError::Decode(e.to_string()))
     }
 
     /// Decodes the payload as a [`CommandFrame`].
     pub fn command_frame(&self) -> Result<CommandFrame, FrameError> {
-        CommandFrame::decode(self.data.as_slice()).map_err(|e| FrameError::Decode(e.to_string()))
+        CommandFrame::decode(self.data.clone()).map_err(|e| FrameError::Decode(e.to_string()))
     }
 }
 
-/// Decodes and verifies one stored record.
+/// Decodes and verifies one stored record (the payload is copied).
 pub fn decode_envelope(bytes: &[u8]) -> Result<FrameEnvelope, FrameError> {
+    decode_envelope_shared(Bytes::copy_from_slice(bytes))
+}
+
+/// Decodes and verifies one record held in a shared buffer; the payload is a
+/// zero-copy slice of `bytes`.
+pub fn decode_envelope_shared(bytes: Bytes) -> Result<FrameEnvelope, FrameError> {
     let env = FrameEnvelope::decode(bytes).map_err(|e| FrameError::Decode(e.to_string()))?;
     env.verify()?;
     Ok(env)
@@ -125,7 +133,7 @@ impl Value {
         }
     }
     /// A raw bytes value.
-    pub fn bytes(v: impl Into<Vec<u8>>) -> Self {
+    pub fn bytes(v: impl Into<Bytes>) -> Self {
         Value {
             kind: Some(value::Kind::BytesValue(v.into())),
         }

@@ -99,7 +99,9 @@ fn checksum_is_crc32_of_data() {
 #[test]
 fn flipped_payload_bit_is_a_checksum_error() {
     let mut env = FrameEnvelope::new(1, 1, FrameType::Data, vec![1, 2, 3, 4]);
-    env.data[2] ^= 0x10;
+    let mut data = env.data.to_vec();
+    data[2] ^= 0x10;
+    env.data = data.into();
     let stored = env.encode_to_vec();
     assert!(matches!(
         decode_envelope(&stored),
