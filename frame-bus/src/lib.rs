@@ -74,7 +74,10 @@
 //! `frame-bus-writer` (all frame and cursor writes) and `frame-bus-retention`
 //! are OS threads: fsync and compaction block, and must not stall the async
 //! runtime the drivers run on. Subscriptions read RocksDB directly in the
-//! calling task, in chunks of at most 1024 frames.
+//! calling task, in chunks of max(1024, requested) frames; a chunk's stored
+//! values are copied into one buffer and every delivered payload is a
+//! zero-copy `Bytes` slice of it (holding one frame keeps its chunk's buffer
+//! alive).
 //!
 //! # Example
 //!

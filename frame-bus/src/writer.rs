@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use proto::{FrameEnvelope, Message};
+use proto::FrameEnvelope;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
@@ -298,8 +298,7 @@ impl Writer {
                 env.timestamp_ns = ts;
                 // One reusable buffer: no allocation per frame.
                 self.scratch.clear();
-                env.encode(&mut self.scratch)
-                    .map_err(|e| BusError::Storage(format!("encoding frame {seq}: {e}")))?;
+                env.encode_into(&mut self.scratch);
                 batch.put_cf(frames_cf, frame_key(seq), &self.scratch);
             }
             ranges.push(SeqRange { first, last: seq });

@@ -57,6 +57,35 @@ impl FrameEnvelope {
         }
     }
 
+    /// Appends the envelope's protobuf encoding to `buf`: the same bytes as
+    /// [`Message::encode`], without prost's `Bytes` clone (which allocates
+    /// when it promotes a `Vec`-backed buffer) — the writer's hot path.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        if self.sequence_id != 0 {
+            encode_key(1, WireType::Varint, buf);
+            encode_varint(self.sequence_id, buf);
+        }
+        if self.timestamp_ns != 0 {
+            encode_key(2, WireType::Varint, buf);
+            encode_varint(self.timestamp_ns, buf);
+        }
+        if self.frame_type != 0 {
+            encode_key(3, WireType::Varint, buf);
+            // int32 is sign-extended to 64 bits on the wire.
+            encode_varint(i64::from(self.frame_type) as u64, buf);
+        }
+        if !self.data.is_empty() {
+            encode_key(4, WireType::LengthDelimited, buf);
+            encode_varint(self.data.len() as u64, buf);
+            buf.extend_from_slice(&self.data);
+        }
+        if self.checksum != 0 {
+            encode_key(5, WireType::Varint, buf);
+            encode_varint(u64::from(self.checksum), buf);
+        }
+    }
+
     /// Checks the checksum and the frame type; returns the frame type.
     pub fn verify(&self) -> Result<FrameType, FrameError> {
         let computed = checksum(&self.data);

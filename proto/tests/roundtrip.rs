@@ -89,6 +89,26 @@ fn event_and_command_frames_round_trip() {
 }
 
 #[test]
+fn encode_into_matches_prost_encoding() {
+    for (seq, ts, t, data) in [
+        (0u64, 0u64, FrameType::Unspecified, vec![]),
+        (1, 2, FrameType::Data, vec![1, 2, 3]),
+        (u64::MAX, u64::MAX - 1, FrameType::Heartbeat, vec![0; 300]),
+        (300, 1_700_000_000_000_000_000, FrameType::Event, b"x".to_vec()),
+    ] {
+        let mut env = FrameEnvelope::new(seq, ts, t, data);
+        let mut buf = Vec::new();
+        env.encode_into(&mut buf);
+        assert_eq!(buf, env.encode_to_vec());
+        env.frame_type = -5; // negative int32: sign-extended varint
+        env.checksum = 0;
+        buf.clear();
+        env.encode_into(&mut buf);
+        assert_eq!(buf, env.encode_to_vec());
+    }
+}
+
+#[test]
 fn checksum_is_crc32_of_data() {
     // Standard CRC-32/ISO-HDLC check value.
     assert_eq!(checksum(b"123456789"), 0xCBF4_3926);
