@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use frame_bus::{BusConfig, BusError, FrameBus, RetentionConfig, StartFrom, SyncMode};
+use frame_bus::{BusConfig, BusError, FrameBus, StartFrom, SyncMode};
 use proto::{FrameEnvelope, FrameType, Message};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -370,11 +370,7 @@ async fn retention_by_age_drops_and_counts_old_frames() {
     let bus = FrameBus::open(
         dir.path(),
         BusConfig {
-            retention: RetentionConfig {
-                max_age: Some(Duration::from_secs(2)),
-                max_bytes: None,
-                interval: Duration::from_secs(3600),
-            },
+            retention: retention(Some(Duration::from_secs(2)), None, Duration::from_secs(3600)),
             ..config()
         },
     )
@@ -408,11 +404,7 @@ async fn retention_by_size_keeps_the_bus_under_its_limit() {
     let bus = FrameBus::open(
         dir.path(),
         BusConfig {
-            retention: RetentionConfig {
-                max_age: None,
-                max_bytes: Some(MAX),
-                interval: Duration::from_secs(3600),
-            },
+            retention: retention(None, Some(MAX), Duration::from_secs(3600)),
             write_buffer_bytes: 1 << 20,
             ..config()
         },
@@ -506,11 +498,11 @@ async fn background_retention_deletes_acknowledged_frames_by_itself() {
     let bus = FrameBus::open(
         dir.path(),
         BusConfig {
-            retention: RetentionConfig {
-                max_age: Some(Duration::from_secs(24 * 3600)),
-                max_bytes: None,
-                interval: Duration::from_millis(20),
-            },
+            retention: retention(
+                Some(Duration::from_secs(24 * 3600)),
+                None,
+                Duration::from_millis(20),
+            ),
             cursor_flush_interval: Duration::from_millis(10),
             ..config()
         },

@@ -11,14 +11,19 @@ use proto::FrameType;
 /// (tests call `run_retention` themselves, so results are deterministic).
 pub fn config() -> BusConfig {
     BusConfig {
-        retention: RetentionConfig {
-            max_age: None,
-            max_bytes: None,
-            interval: Duration::from_secs(3600),
-        },
+        retention: retention(None, None, Duration::from_secs(3600)),
         min_free_bytes: 0,
         write_buffer_bytes: 4 << 20,
         ..BusConfig::default()
+    }
+}
+
+/// Retention limits and pass interval, spelled compactly.
+pub fn retention(max_age: Option<Duration>, max_bytes: Option<u64>, interval: Duration) -> RetentionConfig {
+    RetentionConfig {
+        max_age,
+        max_bytes,
+        interval,
     }
 }
 
