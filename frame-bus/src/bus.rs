@@ -83,7 +83,7 @@ impl FrameBus {
         let writer = Writer::new(shared.clone(), rx, cursor_wakeup.clone(), head_tx);
         let spawn_err = |e: std::io::Error| BusError::Io {
             path: path.as_ref().to_path_buf(),
-            source: e,
+            source: std::sync::Arc::new(e),
         };
         let writer = std::thread::Builder::new()
             .name("frame-bus-writer".into())

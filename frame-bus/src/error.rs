@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong on the bus. None of these leaves the bus in a
 /// corrupted state: a failed publish assigned no sequence number.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     /// The filesystem holding the data directory is (nearly) full. When the
     /// free-space guard rejected the batch, nothing of it was stored; when it
@@ -24,7 +24,7 @@ pub enum BusError {
     Io {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
     /// The directory was written by a newer, incompatible version of the bus.
     #[error("bus format version {found} is newer than this build supports ({supported})")]

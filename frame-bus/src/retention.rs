@@ -21,13 +21,12 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::{WriteBatch, WriteOptions};
 use tracing::{debug, warn};
 
 use crate::keys::{encode_u64, frame_key, CF_FRAMES, CF_META, META_DELETED_THROUGH};
-use crate::store::{cf, Shared};
+use crate::store::{cf, now_ns, Shared};
 use crate::BusError;
 
 /// Frames deleted in one pass above which the task compacts the range at once.
@@ -59,13 +58,6 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
     }
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// One retention pass (also called directly by `FrameBus::run_retention`).

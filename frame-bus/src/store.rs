@@ -122,7 +122,7 @@ impl Shared {
     /// Opens the database into the empty slot and adopts what recovery found.
     /// On failure the slot stays empty (`Unavailable`) and the writer retries.
     fn open_into_slot(&self) -> Result<Recovered, BusError> {
-        let (opts, cfs) = db_options(&self.config);
+        let (opts, cfs) = rocksdb_options(&self.config);
         let db = DB::open_cf_descriptors(&opts, &self.path, cfs)
             .map_err(|e| BusError::from_rocksdb(e, &self.path))?;
         // Counters were counted at the first open; do not count the same records again.
@@ -314,14 +314,18 @@ impl Shared {
     }
 }
 
+/// Wall-clock time in ns since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// The exact RocksDB options the bus opens its database with (database
 /// options and the three column family descriptors). Public so benchmarks
 /// and tools can open a database configured identically.
 pub fn rocksdb_options(config: &BusConfig) -> (Options, Vec<ColumnFamilyDescriptor>) {
-    db_options(config)
-}
-
-fn db_options(config: &BusConfig) -> (Options, Vec<ColumnFamilyDescriptor>) {
     let mut db = Options::default();
     db.create_if_missing(true);
     db.create_missing_column_families(true);
@@ -370,9 +374,9 @@ pub(crate) fn open(
 ) -> Result<(Shared, watch::Sender<u64>, watch::Receiver<u64>), BusError> {
     std::fs::create_dir_all(path).map_err(|source| BusError::Io {
         path: path.to_path_buf(),
-        source,
+        source: Arc::new(source),
     })?;
-    let (opts, cfs) = db_options(&config);
+    let (opts, cfs) = rocksdb_options(&config);
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| BusError::from_rocksdb(e, path))?;
     let counters = Counters::default();
     let rec = recover(&db, path, &counters)?;

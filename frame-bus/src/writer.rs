@@ -20,7 +20,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use proto::FrameEnvelope;
 use rocksdb::{WriteBatch, WriteOptions};
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 use crate::keys::{encode_u64, frame_key, CF_CURSORS, CF_FRAMES};
-use crate::store::{cf, Shared};
+use crate::store::{cf, now_ns, Shared};
 use crate::{disk, BusError, SeqRange, SyncMode};
 
 /// A publish call: frames already checksummed, seq/time filled by the writer.
@@ -70,13 +70,6 @@ pub(crate) struct Writer {
     last_reopen_attempt: Option<Instant>,
     /// Encoding buffer reused for every frame.
     scratch: Vec<u8>,
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Writer {
@@ -185,9 +178,13 @@ impl Writer {
             } else {
                 self.commit(publishes);
             }
+            // Dirty cursors not already carried by a frame batch; answers flush requests.
             let flushed = self.write(&mut [], 0).map(|_| ());
+            if let Err(e) = &flushed {
+                warn!(error = %e, "persisting cursors failed; retrying on the cursor timer");
+            }
             for tx in flushes {
-                let _ = tx.send(flushed.as_ref().map_err(clone_err).copied());
+                let _ = tx.send(flushed.clone());
             }
             // Cursors whose write failed stay dirty: retry on the timer, not only on the next ack.
             if self.shared.cursors_dirty.load(Ordering::Acquire) {
@@ -199,9 +196,6 @@ impl Writer {
     /// Writes one group commit and answers its publishers.
     fn commit(&mut self, publishes: Vec<PublishRequest>) {
         if publishes.is_empty() {
-            if let Err(e) = self.write(&mut [], 0) {
-                warn!(error = %e, "persisting cursors failed; retrying with the next batch");
-            }
             return;
         }
         let shared = self.shared.clone();
@@ -242,7 +236,7 @@ impl Writer {
                 c.publish_errors
                     .fetch_add(publishes.len() as u64, Ordering::Relaxed);
                 for p in publishes {
-                    p.answer(Err(clone_err(&e)));
+                    p.answer(Err(e.clone()));
                 }
                 return;
             }
@@ -269,7 +263,7 @@ impl Writer {
                     .fetch_add(publishes.len() as u64, Ordering::Relaxed);
                 warn!(error = %e, frames = total_frames, "frame batch write failed; publishers get the error, no seq was assigned");
                 for p in publishes {
-                    p.answer(Err(clone_err(&e)));
+                    p.answer(Err(e.clone()));
                 }
             }
         }
@@ -401,40 +395,5 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
-    }
-}
-
-/// `BusError` holds an `io::Error` and so is not `Clone`; batches answer many
-/// publishers with the same failure.
-pub(crate) fn clone_err(e: &BusError) -> BusError {
-    match e {
-        BusError::DiskFull {
-            path,
-            available,
-            required,
-        } => BusError::DiskFull {
-            path: path.clone(),
-            available: *available,
-            required: *required,
-        },
-        BusError::Storage(s) => BusError::Storage(s.clone()),
-        BusError::Io { path, source } => BusError::Io {
-            path: path.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        BusError::Closed => BusError::Closed,
-        BusError::Unavailable => BusError::Unavailable,
-        BusError::UnsupportedFormat { found, supported } => BusError::UnsupportedFormat {
-            found: *found,
-            supported: *supported,
-        },
-        BusError::EmptyBatch => BusError::EmptyBatch,
-        BusError::InvalidFrameType(t) => BusError::InvalidFrameType(*t),
-        BusError::InvalidConsumerName(n) => BusError::InvalidConsumerName(n.clone()),
-        BusError::ConsumerBusy(n) => BusError::ConsumerBusy(n.clone()),
-        BusError::AckBeyondHead { seq, head } => BusError::AckBeyondHead {
-            seq: *seq,
-            head: *head,
-        },
     }
 }
