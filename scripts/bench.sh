@@ -1,12 +1,33 @@
 #!/usr/bin/env bash
-# Frame bus benchmark (bus vs raw RocksDB in the same run); prints Markdown
-# tables for docs/benchmarks.md. Uses the release profile and target dir of
-# the tests, so nothing is compiled twice. See frame-bus/benches/bus.rs for
-# the BENCH_* knobs.
+# Benchmarks; print Markdown tables for docs/benchmarks.md. Use the release
+# profile and target dir of the tests, so nothing is compiled twice.
+#
+#   scripts/bench.sh [bus] [ARGS…]   frame bus vs raw RocksDB in the same run
+#                                    (BENCH_* knobs: frame-bus/benches/bus.rs)
+#   scripts/bench.sh runtime         the real gateway with simulator devices at
+#                                    1k/10k/100k tags/s and at saturation, vs the
+#                                    bus alone (BENCH_SECS, BENCH_DIR:
+#                                    tests/src/bin/runtime_bench.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/common.sh
 source scripts/lib/common.sh
 ensure_build_deps
-export BENCH_DIR="${BENCH_DIR:-/var/tmp/frame-bus-bench}"
-cargo bench --locked --profile release -p frame-bus --bench bus "$@"
+what="${1:-bus}"
+case "$what" in
+    runtime)
+        shift
+        cargo build --release --locked -p gateway -p tests --bins
+        export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-runtime-bench}"
+        "$CARGO_TARGET_DIR/release/runtime_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
+        ;;
+    bus)
+        [ $# -gt 0 ] && shift
+        export BENCH_DIR="${BENCH_DIR:-/var/tmp/frame-bus-bench}"
+        cargo bench --locked --profile release -p frame-bus --bench bus "$@"
+        ;;
+    *)
+        export BENCH_DIR="${BENCH_DIR:-/var/tmp/frame-bus-bench}"
+        cargo bench --locked --profile release -p frame-bus --bench bus "$@"
+        ;;
+esac

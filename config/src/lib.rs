@@ -1,10 +1,352 @@
 //! Gateway_Rust configuration: the TOML schema of `gateway.toml` and
 //! `devices/*.toml`, loading, `${ENV}` substitution and validation with
-//! errors that name file, line, column and field.
+//! errors that name file, line, column and key path.
 //!
-//! Invariant: a configuration that fails validation never starts any part of
-//! the gateway. This crate does no device or storage I/O; it depends only on
-//! `proto`.
+//! # Files
+//! - `gateway.toml`: `gateway_id`, `data_dir`, `devices_dir`, `[wal]`,
+//!   `[http]`, `[supervisor]`, `[sinks.NAME]` (each with a `type`) and
+//!   `[[alert_rules]]` ([`GatewayConfig`]).
+//! - `devices/*.toml`, one device per file: the seed's device and
+//!   driver-config columns, the keys of its `protocol` next to them, and
+//!   `[[tags]]` ([`DeviceConfig`]). Protocol keys are typed per protocol:
+//!   the loader splits each table into the common keys and the rest, and
+//!   deserializes the rest into the protocol's own struct
+//!   ([`DriverOptions`], [`TagOptions`]), so a typo is an unknown key either way.
 //!
-//! The schema arrives with the runtime issue; the foundation only fixes the
-//! crate's place in the dependency graph (`gateway → config → proto`).
+//! Durations are `"500ms"`, `"10s"`, `"24h"` (or integer milliseconds, as
+//! in the seed's columns); sizes are `"512MiB"`, `"2GiB"` (or bytes).
+//! Strings may hold `${VAR}` / `${VAR:-default}`; `$${` is a literal `${`.
+//!
+//! # Invariants
+//! - Loading never stops at the first problem: all syntax errors of a file,
+//!   every tag, sink and rule deserialized on its own, then every semantic
+//!   check; each [`ConfigError`] has file, line, column and key path.
+//! - Unknown keys are errors (with a "did you mean" hint).
+//! - A [`Config`] that is returned passed every check: the gateway never
+//!   starts half-configured.
+//!
+//! This crate does no device or storage I/O; it depends on no other
+//! workspace crate (`gateway → config`).
+
+mod alert;
+mod device;
+mod error;
+mod gateway;
+mod load;
+mod simulator;
+pub mod units;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use alert::{AlertLevel, AlertRuleConfig, CompareOp};
+pub use device::{
+    Access, DataType, DeviceConfig, DriverOptions, Protocol, RetryPolicy, TagConfig, TagOptions,
+};
+pub use error::{ConfigError, ConfigErrors};
+pub use gateway::{
+    FileSinkConfig, GatewayConfig, HttpConfig, SinkConfig, SinkKind, SupervisorConfig, WalConfig, WalSync,
+};
+pub use load::EnvLookup;
+pub use simulator::{ConstantValue, Generator, SimulatorDevice, SimulatorTag};
+
+use load::{de, parse, read, split, table_value, take_array, take_tables, Source};
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The `gateway.toml` it came from.
+    pub path: PathBuf,
+    pub gateway: GatewayConfig,
+    /// Sorted by file name.
+    pub devices: Vec<DeviceConfig>,
+}
+
+impl Config {
+    pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+}
+
+/// Loads `gateway.toml` and its device directory with the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with_env(path, &|name| std::env::var(name).ok())
+}
+
+/// [`load`] with an explicit environment (tests, `gateway check`).
+pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let (gateway, gsrc) = load_gateway(path, env, &mut errors);
+    let devices_dir = match &gateway {
+        Some(g) => Some(g.devices_dir.clone()),
+        None => gsrc.as_ref().map(|(_, dir)| dir.clone()),
+    };
+    let mut devices = Vec::new();
+    if let Some(dir) = devices_dir {
+        devices = load_devices(&dir, env, &mut errors);
+    }
+    validate::devices_unique(&devices, &mut errors);
+    if let (Some(g), Some((src, _))) = (&gateway, &gsrc) {
+        validate::gateway(g, src, &mut errors);
+        validate::rules(&g.alert_rules, &devices, src, &mut errors);
+    }
+    match gateway {
+        Some(gateway) if errors.is_empty() => Ok(Config {
+            path: path.to_path_buf(),
+            gateway,
+            devices: devices.into_iter().map(|(d, _)| d).collect(),
+        }),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Returns the gateway config (if it deserialized) and its source with the
+/// devices directory (known even when other keys are broken).
+fn load_gateway(
+    path: &Path,
+    env: EnvLookup<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<GatewayConfig>, Option<(Source, PathBuf)>) {
+    let Some(text) = read(path, errors) else {
+        return (None, None);
+    };
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base_dir.join(p)
+        }
+    };
+    let Some((root, spans)) = parse(path, &text, env, errors) else {
+        return (None, None);
+    };
+    let src = Source {
+        path: path.to_path_buf(),
+        text: text.clone(),
+        spans,
+    };
+    let span = root.span();
+    let mut t = root.into_inner();
+    let devices_dir = match t.get("devices_dir").map(|v| v.get_ref()) {
+        Some(toml::de::DeValue::String(s)) => resolve(Path::new(s.as_ref())),
+        _ => resolve(Path::new("devices")),
+    };
+    let rules = take_array(&src, &mut t, "alert_rules", errors);
+    let sinks = take_tables(&src, &mut t, "sinks", errors);
+    let file: Option<gateway::GatewayFile> = de(&src, table_value(span, t), "", None, errors);
+
+    let mut sink_configs = std::collections::BTreeMap::new();
+    for (name, v) in sinks {
+        let base = format!("sinks.{name}");
+        let vspan = v.span();
+        let toml::de::DeValue::Table(table) = v.into_inner() else {
+            errors.push(src.error(&base, format!("`{base}` must be a table")));
+            continue;
+        };
+        let (common, rest) = split(table, gateway::SINK_KEYS);
+        let Some(c) =
+            de::<gateway::SinkCommon>(&src, table_value(vspan.clone(), common), &base, None, errors)
+        else {
+            continue;
+        };
+        let kind = match c.kind.as_str() {
+            "file" => de(
+                &src,
+                table_value(vspan, rest),
+                &base,
+                Some(gateway::SINK_KEYS),
+                errors,
+            )
+            .map(SinkKind::File),
+            other => {
+                errors.push(src.error(
+                    &format!("{base}.type"),
+                    format!(
+                        "unknown sink type {other:?}; this build supports: {}",
+                        gateway::SINK_TYPES.join(", ")
+                    ),
+                ));
+                None
+            }
+        };
+        if let Some(kind) = kind {
+            sink_configs.insert(
+                name.clone(),
+                SinkConfig {
+                    name,
+                    enabled: c.enabled,
+                    kind,
+                },
+            );
+        }
+    }
+    let alert_rules: Vec<Option<AlertRuleConfig>> = rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| de(&src, v, &format!("alert_rules[{i}]"), None, errors))
+        .collect();
+
+    let gateway = match (file, alert_rules.iter().all(Option::is_some)) {
+        (Some(f), true) => Some(GatewayConfig {
+            gateway_id: f.gateway_id.unwrap_or_else(hostname),
+            data_dir: resolve(&f.data_dir),
+            devices_dir: resolve(&f.devices_dir),
+            wal: f.wal,
+            http: f.http,
+            supervisor: f.supervisor,
+            sinks: sink_configs,
+            alert_rules: alert_rules.into_iter().flatten().collect(),
+        }),
+        _ => None,
+    };
+    (gateway, Some((src, devices_dir)))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "gateway".to_string())
+}
+
+/// The `*.toml` files of `dir`, sorted; errors when there are none.
+pub fn device_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ConfigError::file(dir, format!("cannot read devices directory: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ConfigError::file(
+            dir,
+            "no device files (*.toml) in the devices directory; a gateway needs at least one device",
+        ));
+    }
+    Ok(files)
+}
+
+fn load_devices(
+    dir: &Path,
+    env: EnvLookup<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(DeviceConfig, Source)> {
+    let files = match device_files(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            errors.push(e);
+            return Vec::new();
+        }
+    };
+    files
+        .iter()
+        .filter_map(|f| {
+            let (d, src) = load_device(f, env, errors)?;
+            validate::device(&d, &src, errors);
+            // Kept even when invalid: alert rules must still find it by name.
+            Some((d, src))
+        })
+        .collect()
+}
+
+/// Loads one device file (deserialization only; validation is separate).
+fn load_device(
+    path: &Path,
+    env: EnvLookup<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(DeviceConfig, Source)> {
+    let text = read(path, errors)?;
+    let (root, spans) = parse(path, &text, env, errors)?;
+    let src = Source {
+        path: path.to_path_buf(),
+        text: text.clone(),
+        spans,
+    };
+    let span = root.span();
+    let mut t = root.into_inner();
+    let raw_tags = take_array(&src, &mut t, "tags", errors);
+    let (common, rest) = split(t, device::DEVICE_KEYS);
+    let common: Option<device::DeviceCommon> = de(&src, table_value(span.clone(), common), "", None, errors);
+    let driver = common.as_ref().and_then(|c| match c.protocol {
+        Protocol::Simulator => de(
+            &src,
+            table_value(span.clone(), rest),
+            "",
+            Some(device::DEVICE_KEYS),
+            errors,
+        )
+        .map(DriverOptions::Simulator),
+    });
+    let mut tags = Vec::with_capacity(raw_tags.len());
+    let mut tags_ok = true;
+    for (i, v) in raw_tags.into_iter().enumerate() {
+        let base = format!("tags[{i}]");
+        let vspan = v.span();
+        let toml::de::DeValue::Table(table) = v.into_inner() else {
+            errors.push(src.error(&base, "each [[tags]] entry must be a table"));
+            continue;
+        };
+        let (tc, trest) = split(table, device::TAG_KEYS);
+        let tc: Option<device::TagCommon> = de(&src, table_value(vspan.clone(), tc), &base, None, errors);
+        let topt = common.as_ref().and_then(|c| match c.protocol {
+            Protocol::Simulator => de(
+                &src,
+                table_value(vspan, trest),
+                &base,
+                Some(device::TAG_KEYS),
+                errors,
+            )
+            .map(TagOptions::Simulator),
+        });
+        if let (Some(c), Some(driver)) = (tc, topt) {
+            tags.push(TagConfig {
+                name: c.name,
+                description: c.description,
+                address: c.address,
+                data_type: c.data_type,
+                access: c.access,
+                unit: c.unit,
+                scaling: c.scaling,
+                offset: c.offset,
+                min_value: c.min_value,
+                max_value: c.max_value,
+                deadband: c.deadband,
+                scan_rate: c.scan_rate,
+                enabled: c.enabled,
+                driver,
+            });
+        } else {
+            tags_ok = false;
+        }
+    }
+    let (c, driver) = (common?, driver?);
+    if !tags_ok {
+        return None;
+    }
+    let device = DeviceConfig {
+        file: path.to_path_buf(),
+        name: c.name,
+        description: c.description,
+        protocol: c.protocol,
+        endpoint: c.endpoint,
+        location: c.location,
+        enabled: c.enabled,
+        scan_interval: c.scan_interval,
+        timeout: c.timeout,
+        max_concurrent: c.max_concurrent,
+        batch_size: c.batch_size,
+        retry: RetryPolicy {
+            max_retries: c.max_retries,
+            retry_interval: c.retry_interval,
+            exponential_backoff: c.exponential_backoff,
+            max_retry_interval: c.max_retry_interval,
+        },
+        driver,
+        tags,
+    };
+    Some((device, src))
+}

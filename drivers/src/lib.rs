@@ -1,9 +1,42 @@
-//! Gateway_Rust device drivers (Modbus TCP/RTU, OPC-UA, MQTT, simulator):
-//! device I/O in, `proto::DataFrame`s out.
+//! Gateway_Rust device drivers (simulator now; Modbus TCP/RTU, OPC-UA and
+//! MQTT with their issues): device I/O in, `proto::DataFrame`s out.
 //!
-//! Invariant: a driver never talks to a sink or to storage; it hands frames
-//! to whatever publisher the gateway wires in (the frame bus), and a
-//! malformed device reply is counted and skipped, never a panic.
-//!
-//! The drivers arrive with their own issues; the foundation only fixes the
-//! crate's place in the dependency graph (`gateway → drivers → proto`).
+//! # Contract
+//! - A driver runs as one task per device ([`run_device`]) and hands every
+//!   poll cycle to its [`DriverHost`] as one `DataFrame` (`device_id` = the
+//!   device's `name`, one `Sample` per tag read in that cycle). The host is
+//!   the gateway's bus publisher; a driver never talks to a sink or storage.
+//! - `publish` returns once the frame is in the bus; a driver awaits it
+//!   before the next cycle, so a slow bus slows polling (backpressure)
+//!   instead of growing memory.
+//! - Values follow the tag config ([`sample`]): `value = raw * scaling +
+//!   offset` with `raw_value` kept, `min_value`/`max_value` violations give
+//!   quality UNCERTAIN (value kept), a failed read gives BAD with an
+//!   `error_code`, and `deadband` suppresses samples that moved less.
+//! - A malformed device reply is counted ([`PollReport`]) and skipped; no
+//!   input from a device can panic a driver. A driver returns `Err` only
+//!   when it cannot go on (the supervisor restarts it with backoff).
+//! - Drivers stop at their next await point once `shutdown` turns true.
+
+mod host;
+pub mod sample;
+pub mod simulator;
+
+pub use host::{DriverError, DriverHost, ErrorKind, HostError, PollReport};
+
+use std::sync::Arc;
+
+use config::{DeviceConfig, DriverOptions};
+use tokio::sync::watch;
+
+/// Runs the driver of `device` until `shutdown` turns true (→ `Ok`) or it
+/// fails (→ `Err`, to be restarted by the caller).
+pub async fn run_device<H: DriverHost>(
+    device: Arc<DeviceConfig>,
+    host: H,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), DriverError> {
+    match &device.driver {
+        DriverOptions::Simulator(_) => simulator::run(device.clone(), host, shutdown).await,
+    }
+}

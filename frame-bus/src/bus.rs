@@ -232,6 +232,50 @@ impl FrameBus {
         Ok(true)
     }
 
+    /// Moves `consumer`'s cursor to `seq` (its next read starts at `seq + 1`),
+    /// creating the consumer if needed; an operator's tool for replaying a
+    /// range (move back) or skipping a backlog (move forward). Written with
+    /// the bus's sync mode before it returns. Fails with `ConsumerBusy` while
+    /// the consumer is subscribed and `AckBeyondHead` past the head; a seq
+    /// below the deletion floor is raised to it (those frames are gone).
+    pub fn set_cursor(&self, consumer: &str, seq: u64) -> Result<u64, BusError> {
+        if !valid_consumer_name(consumer) {
+            return Err(BusError::InvalidConsumerName(consumer.to_string()));
+        }
+        let sh = &self.inner.shared;
+        let head = sh.head();
+        if seq > head {
+            return Err(BusError::AckBeyondHead { seq, head });
+        }
+        let seq = seq.max(sh.deleted_through.load(Ordering::Acquire));
+        let db = sh.db()?;
+        let _writes = sh.cursor_write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = sh.cursors();
+        if map.get(consumer).is_some_and(|st| st.active) {
+            return Err(BusError::ConsumerBusy(consumer.to_string()));
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(sh.config.sync.fsyncs());
+        db.put_cf_opt(
+            store::cf(&db, crate::keys::CF_CURSORS),
+            consumer.as_bytes(),
+            crate::keys::encode_u64(seq),
+            &wo,
+        )
+        .map_err(|e| sh.storage_err(e))?;
+        map.insert(
+            consumer.to_string(),
+            CursorState {
+                acked: seq,
+                persisted: seq,
+                active: false,
+                skipped_dropped: 0,
+                needs_write: false,
+            },
+        );
+        Ok(seq)
+    }
+
     /// Persists every acknowledged cursor now and waits for it.
     pub async fn flush_cursors(&self) -> Result<(), BusError> {
         let (tx, rx) = oneshot::channel();

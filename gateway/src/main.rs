@@ -1,12 +1,23 @@
-//! `gateway`: the Gateway_Rust binary (wiring, sinks, alert engine, HTTP, CLI).
+//! `gateway`: the Gateway_Rust binary — wiring, sinks, HTTP, CLI.
 //!
-//! This first cut carries the CLI skeleton and an inspection command for the
-//! frame bus; the runtime (config, drivers, sinks) arrives with later issues.
+//! Commands: `run`, `check`, `wal stat|tail|cursors|set-cursor`.
+//! Exit codes: 0 success, 2 configuration (or usage) error, 1 runtime failure.
+
+mod check;
+mod frame_json;
+mod http;
+mod metrics;
+mod publisher;
+mod runtime;
+mod sinks;
+mod status;
+mod supervisor;
+mod wal_cmd;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -15,77 +26,157 @@ use clap::{Parser, Subcommand};
     about = "Industrial edge gateway: field devices → durable frame bus → storage"
 )]
 struct Cli {
+    /// Log format on stderr (filter with RUST_LOG, default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
-    command: Option<Cmd>,
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Frame bus (WAL) maintenance.
+    /// Run the gateway (SIGTERM/SIGINT: clean stop; SIGHUP: reload device files).
+    Run {
+        /// Path to gateway.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the configuration and print a summary; exit 2 on errors.
+    Check {
+        /// Path to gateway.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Inspect or adjust the frame bus (works while the gateway runs, except set-cursor).
     Wal {
         #[command(subcommand)]
         command: WalCmd,
     },
 }
 
+/// Which bus directory to open.
+#[derive(Args, Clone)]
+#[group(required = true, multiple = false)]
+pub struct WalTarget {
+    /// Path to gateway.toml (the bus is `<data_dir>/wal`).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The bus directory itself.
+    #[arg(long)]
+    wal_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
-enum WalCmd {
-    /// Open a bus directory and print its positions, consumers and counters.
-    Stats {
-        /// The bus directory (`<data_dir>/wal`).
-        dir: PathBuf,
+pub enum WalCmd {
+    /// Positions, size and consumer cursors.
+    #[command(alias = "stats")]
+    Stat {
+        #[command(flatten)]
+        target: WalTarget,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print frames, decoded, one per line.
+    Tail {
+        #[command(flatten)]
+        target: WalTarget,
+        /// First seq to print (default: the last `--lines` frames).
+        #[arg(long)]
+        from: Option<u64>,
+        /// How many of the newest frames to print when `--from` is not given.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        lines: u64,
+        /// Keep printing new frames as the gateway publishes them.
+        #[arg(long, short)]
+        follow: bool,
+        /// JSON Lines instead of the human format.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Consumer cursors and their lag.
+    Cursors {
+        #[command(flatten)]
+        target: WalTarget,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a consumer's cursor (the gateway must be stopped): its next read starts at SEQ + 1.
+    SetCursor {
+        #[command(flatten)]
+        target: WalTarget,
+        /// Consumer (sink) name.
+        name: String,
+        /// Last seq to treat as acknowledged (0 = replay everything retained).
+        seq: u64,
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    match cli.command {
-        None => {
-            println!("gateway {} — see `gateway --help`", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
-        Some(Cmd::Wal {
-            command: WalCmd::Stats { dir },
-        }) => wal_stats(&dir),
+/// Failures sorted by exit code.
+pub enum Failure {
+    Config(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
     }
 }
 
-fn wal_stats(dir: &std::path::Path) -> anyhow::Result<()> {
-    if !dir.exists() {
-        anyhow::bail!("{}: no such bus directory", dir.display());
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
     }
-    // Inspection must never delete anything: no retention limits here.
-    let config = frame_bus::BusConfig {
-        retention: frame_bus::RetentionConfig {
-            max_age: None,
-            max_bytes: None,
-            interval: std::time::Duration::from_secs(24 * 3600),
-        },
-        ..frame_bus::BusConfig::default()
+}
+
+/// Loads the configuration, printing every error.
+pub fn load_config(path: &std::path::Path) -> Result<config::Config, Failure> {
+    config::load(path).map_err(|e| Failure::Config(e.to_string()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Cmd::Run { config } => load_config(&config).and_then(|c| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("gateway")
+                .build()
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            rt.block_on(runtime::run(c)).map_err(Failure::Runtime)
+        }),
+        Cmd::Check { config } => check::run(&config),
+        Cmd::Wal { command } => wal_cmd::run(command),
     };
-    let bus = frame_bus::FrameBus::open(dir, config)
-        .with_context(|| format!("opening frame bus at {}", dir.display()))?;
-    let s = bus.stats();
-    println!("path          {}", dir.display());
-    println!("head_seq      {}", s.head_seq);
-    println!("oldest_seq    {}", s.oldest_seq);
-    println!("stored_frames {}", s.stored_frames);
-    println!("approx_bytes  {}", s.approx_bytes);
-    println!("malformed_keys {}", s.malformed_keys_total);
-    println!("corrupt_cursors {}", s.corrupt_cursors_total);
-    for c in &s.consumers {
-        println!(
-            "consumer {:<24} cursor {:>12} lag {:>12}",
-            c.name, c.persisted_cursor, c.lag
-        );
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
     }
-    bus.close();
-    Ok(())
 }

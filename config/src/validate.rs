@@ -1,0 +1,313 @@
+//! Checks that serde cannot express: the seed's CHECK constraints, unique
+//! names, cross references (an alert rule's device and tag must exist) and
+//! per-protocol rules. Every failed check is reported, located by key path.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::alert::AlertRuleConfig;
+use crate::device::{DataType, DeviceConfig, DriverOptions, TagConfig, TagOptions};
+use crate::error::ConfigError;
+use crate::gateway::{GatewayConfig, SinkKind};
+use crate::load::Source;
+use crate::simulator::{ConstantValue, Generator};
+
+pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigError>) {
+    let mut e = |key: &str, msg: String| errors.push(src.error(key, msg));
+    if g.gateway_id.trim().is_empty() {
+        e("gateway_id", "must not be empty".into());
+    }
+    if g.wal.max_bytes == Some(0) {
+        e(
+            "wal.max_bytes",
+            "must be > 0 (omit the key for no size limit)".into(),
+        );
+    }
+    if let Some(t) = &g.http.token {
+        if t.trim().is_empty() {
+            e(
+                "http.token",
+                "must not be empty (omit the key to leave /api open)".into(),
+            );
+        }
+    }
+    let s = &g.supervisor;
+    positive(&mut e, "supervisor.restart_backoff", s.restart_backoff);
+    positive(&mut e, "supervisor.shutdown_timeout", s.shutdown_timeout);
+    if s.max_restart_backoff < s.restart_backoff {
+        e(
+            "supervisor.max_restart_backoff",
+            "must be >= supervisor.restart_backoff".into(),
+        );
+    }
+    for (name, sink) in &g.sinks {
+        let base = format!("sinks.{name}");
+        check_name(&mut e, &base, name, "sink name");
+        match &sink.kind {
+            SinkKind::File(f) => {
+                if f.path.as_os_str().is_empty() {
+                    e(&format!("{base}.path"), "must not be empty".into());
+                }
+                if f.batch_size == 0 {
+                    e(&format!("{base}.batch_size"), "must be > 0".into());
+                }
+                if f.max_file_size == Some(0) {
+                    e(&format!("{base}.max_file_size"), "must be > 0".into());
+                }
+            }
+        }
+    }
+}
+
+fn positive(e: &mut impl FnMut(&str, String), key: &str, d: Duration) {
+    if d.is_zero() {
+        e(key, "must be a positive duration, got 0".into());
+    }
+}
+
+fn check_name(e: &mut impl FnMut(&str, String), key: &str, name: &str, what: &str) {
+    if name.trim().is_empty() {
+        e(key, format!("{what} must not be empty or blank"));
+    } else if name.trim() != name {
+        e(key, format!("{what} {name:?} has leading or trailing spaces"));
+    } else if name.chars().any(char::is_control) {
+        e(key, format!("{what} {name:?} contains control characters"));
+    }
+}
+
+pub(crate) fn device(d: &DeviceConfig, src: &Source, errors: &mut Vec<ConfigError>) {
+    let mut e = |key: &str, msg: String| errors.push(src.error(key, msg));
+    check_name(&mut e, "name", &d.name, "device name");
+    if d.endpoint.trim().is_empty() {
+        e(
+            "endpoint",
+            "must not be empty (seed CHECK devices_endpoint_not_empty)".into(),
+        );
+    }
+    positive(&mut e, "scan_interval", d.scan_interval);
+    positive(&mut e, "timeout", d.timeout);
+    positive(&mut e, "retry_interval", d.retry.retry_interval);
+    if d.max_concurrent == 0 {
+        e("max_concurrent", "must be > 0".into());
+    }
+    if d.batch_size == 0 {
+        e("batch_size", "must be > 0".into());
+    }
+    if d.retry.max_retry_interval < d.retry.retry_interval {
+        e("max_retry_interval", "must be >= retry_interval".into());
+    }
+    match &d.driver {
+        DriverOptions::Simulator(s) => {
+            if !(0.0..=1.0).contains(&s.error_rate) {
+                e(
+                    "error_rate",
+                    format!("must be between 0 and 1, got {}", s.error_rate),
+                );
+            }
+            if s.error_burst == 0 {
+                e("error_burst", "must be > 0 polls".into());
+            }
+        }
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, t) in d.tags.iter().enumerate() {
+        let base = format!("tags[{i}]");
+        if let Some(first) = seen.insert(t.name.as_str(), i) {
+            e(
+                &format!("{base}.name"),
+                format!("duplicate tag name {:?} (first defined at tags[{first}])", t.name),
+            );
+        }
+        tag(t, &base, &mut e);
+    }
+    if d.tags.is_empty() {
+        e("tags", "a device needs at least one [[tags]] entry".into());
+    }
+}
+
+fn tag(t: &TagConfig, base: &str, e: &mut impl FnMut(&str, String)) {
+    let k = |key: &str| format!("{base}.{key}");
+    check_name(e, &k("name"), &t.name, "tag name");
+    if t.address.trim().is_empty() {
+        e(
+            &k("address"),
+            "must not be empty (seed CHECK tags_address_not_empty)".into(),
+        );
+    }
+    if !(t.scaling > 0.0 && t.scaling.is_finite()) {
+        e(
+            &k("scaling"),
+            format!(
+                "must be > 0 (seed CHECK tags_scaling_positive), got {}",
+                t.scaling
+            ),
+        );
+    }
+    if !t.offset.is_finite() {
+        e(&k("offset"), "must be a finite number".into());
+    }
+    if let (Some(lo), Some(hi)) = (t.min_value, t.max_value) {
+        if lo > hi {
+            e(
+                &k("min_value"),
+                format!("min_value {lo} is greater than max_value {hi} (seed CHECK tags_min_max_order)"),
+            );
+        }
+    }
+    if let Some(db) = t.deadband {
+        if !(db >= 0.0 && db.is_finite()) {
+            e(&k("deadband"), format!("must be >= 0, got {db}"));
+        }
+    }
+    if t.scan_rate == Some(Duration::ZERO) {
+        e(
+            &k("scan_rate"),
+            "must be > 0 (seed CHECK tags_scan_rate_positive)".into(),
+        );
+    }
+    match &t.driver {
+        TagOptions::Simulator(s) => {
+            let Some(g) = Generator::parse(&t.address) else {
+                if !t.address.trim().is_empty() {
+                    e(
+                        &k("address"),
+                        format!(
+                            "unknown simulator generator {:?}; expected one of: {}",
+                            t.address,
+                            Generator::NAMES.join(", ")
+                        ),
+                    );
+                }
+                return;
+            };
+            let dt = t.data_type;
+            let ok = match g {
+                Generator::Square => dt == DataType::Boolean || dt.is_numeric(),
+                Generator::Constant => true,
+                _ => dt.is_numeric(),
+            };
+            if !ok {
+                e(
+                    &k("data_type"),
+                    format!("the {:?} generator cannot produce {dt:?} values", t.address),
+                );
+            }
+            if matches!(g, Generator::Sine | Generator::Ramp | Generator::Square) && s.period.is_zero() {
+                e(&k("period"), "must be a positive duration".into());
+            }
+            if g == Generator::Square && !(s.duty > 0.0 && s.duty < 1.0) {
+                e(
+                    &k("duty"),
+                    format!("must be between 0 and 1 (exclusive), got {}", s.duty),
+                );
+            }
+            if g == Generator::Constant {
+                match &s.value {
+                    None => e(&k("value"), "the constant generator needs `value`".into()),
+                    Some(v) => {
+                        let fits = match v {
+                            ConstantValue::Bool(_) => dt == DataType::Boolean,
+                            ConstantValue::Int(_) => dt.is_numeric(),
+                            ConstantValue::Float(_) => matches!(dt, DataType::Float | DataType::Double),
+                            ConstantValue::String(_) => dt == DataType::String,
+                        };
+                        if !fits {
+                            e(&k("value"), format!("value {v:?} does not fit data_type {dt:?}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Unique device names across files.
+pub(crate) fn devices_unique(devices: &[(DeviceConfig, Source)], errors: &mut Vec<ConfigError>) {
+    let mut seen: HashMap<&str, &Source> = HashMap::new();
+    for (d, src) in devices {
+        if let Some(first) = seen.insert(d.name.as_str(), src) {
+            errors.push(src.error(
+                "name",
+                format!(
+                    "duplicate device name {:?}: also defined in {}",
+                    d.name,
+                    first.path.display()
+                ),
+            ));
+        }
+    }
+}
+
+pub(crate) fn rules(
+    rules: &[AlertRuleConfig],
+    devices: &[(DeviceConfig, Source)],
+    src: &Source,
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut e = |key: &str, msg: String| errors.push(src.error(key, msg));
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in rules.iter().enumerate() {
+        let k = |key: &str| format!("alert_rules[{i}].{key}");
+        check_name(&mut e, &k("name"), &r.name, "rule name");
+        if let Some(first) = seen.insert(r.name.as_str(), i) {
+            e(
+                &k("name"),
+                format!("duplicate rule name {:?} (first at alert_rules[{first}])", r.name),
+            );
+        }
+        if r.op.is_range() {
+            match (r.threshold_low, r.threshold_high) {
+                (Some(lo), Some(hi)) if lo > hi => e(
+                    &k("threshold_low"),
+                    format!("threshold_low {lo} is greater than threshold_high {hi}"),
+                ),
+                (Some(_), Some(_)) => {}
+                _ => e(
+                    &format!("alert_rules[{i}]"),
+                    format!(
+                        "{:?} needs both threshold_low and threshold_high (seed CHECK alert_rules_threshold_check)",
+                        r.op
+                    ),
+                ),
+            }
+        } else if r.threshold_value.is_none() {
+            e(
+                &format!("alert_rules[{i}]"),
+                format!(
+                    "{:?} needs threshold_value (seed CHECK alert_rules_threshold_check)",
+                    r.op
+                ),
+            );
+        }
+        positive(&mut e, &k("eval_interval"), r.eval_interval);
+        if r.eval_duration == Some(Duration::ZERO) {
+            e(
+                &k("eval_duration"),
+                "must be a positive duration (omit it to fire at once)".into(),
+            );
+        }
+        match devices.iter().find(|(d, _)| d.name == r.device) {
+            None => e(
+                &k("device"),
+                format!(
+                    "no device named {:?} (device names come from devices/*.toml)",
+                    r.device
+                ),
+            ),
+            Some((d, _)) => {
+                if let Some(tag) = &r.tag {
+                    if d.tag(tag).is_none() {
+                        let names: Vec<&str> = d.tags.iter().map(|t| t.name.as_str()).collect();
+                        let hint = crate::load::closest(tag, &names)
+                            .map(|c| format!(" (did you mean {c:?}?)"))
+                            .unwrap_or_default();
+                        e(
+                            &k("tag"),
+                            format!("device {:?} has no tag named {tag:?}{hint}", d.name),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `gateway check`: validate and summarise a configuration.
+
+use std::path::Path;
+
+use config::units::format_duration;
+use config::SinkKind;
+
+use crate::Failure;
+
+pub fn run(path: &Path) -> Result<(), Failure> {
+    let c = crate::load_config(path)?;
+    let g = &c.gateway;
+    let tags: usize = c.devices.iter().map(|d| d.tags.len()).sum();
+    println!("configuration OK: {}", path.display());
+    println!("gateway_id   {}", g.gateway_id);
+    println!("data_dir     {}", g.data_dir.display());
+    println!(
+        "wal          sync={:?} max_age={} max_bytes={}",
+        g.wal.sync,
+        format_duration(g.wal.max_age),
+        g.wal.max_bytes.map_or("none".to_string(), |b| b.to_string())
+    );
+    println!(
+        "http         {} (api token: {})",
+        g.http.listen,
+        if g.http.token.is_some() { "yes" } else { "no" }
+    );
+    println!(
+        "devices      {} ({} tags) from {}",
+        c.devices.len(),
+        tags,
+        g.devices_dir.display()
+    );
+    for d in &c.devices {
+        println!(
+            "  {:<20} {:<10} {:<28} {:>3} tags  scan {:<6} {}{}",
+            d.name,
+            d.protocol.as_str(),
+            d.endpoint,
+            d.tags.len(),
+            format_duration(d.scan_interval),
+            d.location.as_deref().unwrap_or(""),
+            if d.enabled { "" } else { "  (disabled)" }
+        );
+    }
+    println!("sinks        {}", g.sinks.len());
+    for (name, s) in &g.sinks {
+        let what = match &s.kind {
+            SinkKind::File(f) => f.path.display().to_string(),
+        };
+        println!(
+            "  {:<20} {:<10} {}{}",
+            name,
+            s.kind.type_name(),
+            what,
+            if s.enabled { "" } else { "  (disabled)" }
+        );
+    }
+    println!("alert rules  {}", g.alert_rules.len());
+    for r in &g.alert_rules {
+        let threshold = match (r.threshold_value, r.threshold_low, r.threshold_high) {
+            (Some(v), _, _) => v.to_string(),
+            (None, Some(lo), Some(hi)) => format!("{lo}..{hi}"),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<20} {}.{} {:?} {} {:?}",
+            r.name,
+            r.device,
+            r.tag.as_deref().unwrap_or("*"),
+            r.op,
+            threshold,
+            r.level
+        );
+    }
+    Ok(())
+}

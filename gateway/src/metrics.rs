@@ -1,0 +1,351 @@
+//! Prometheus metrics (`/metrics`, OpenMetrics text, prefix `gateway_`).
+//!
+//! Families owned by the gateway (devices, sinks, supervision) are live
+//! `prometheus-client` metrics; the frame bus's counters and positions are
+//! read from `FrameBus::stats()` at scrape time by [`BusCollector`], so
+//! there is one source of truth and nothing to keep in sync.
+//!
+//! | family | type | labels |
+//! |---|---|---|
+//! | `gateway_frames_published_total` | counter | |
+//! | `gateway_samples_published_total` | counter | device |
+//! | `gateway_wal_head_seq`, `gateway_wal_oldest_seq`, `gateway_wal_stored_frames` | gauge | |
+//! | `gateway_wal_size_bytes` | gauge | |
+//! | `gateway_wal_bytes_published_total`, `gateway_wal_batches_total`, `gateway_wal_fsyncs_total` | counter | |
+//! | `gateway_wal_publish_errors_total`, `gateway_wal_disk_full_rejections_total` | counter | |
+//! | `gateway_wal_corrupt_frames_total` | counter | |
+//! | `gateway_wal_dropped_frames_total` | counter | reason = max_age, max_bytes |
+//! | `gateway_wal_deleted_frames_total` | counter | (acknowledged by every consumer) |
+//! | `gateway_wal_publish_duration_seconds` | histogram | |
+//! | `gateway_consumer_cursor_seq`, `gateway_consumer_lag_frames` | gauge | consumer |
+//! | `gateway_consumer_skipped_frames_total` | counter | consumer (dropped by retention before read) |
+//! | `gateway_device_up` | gauge | device |
+//! | `gateway_device_polls_total` | counter | device |
+//! | `gateway_device_errors_total` | counter | device, kind |
+//! | `gateway_device_poll_duration_seconds` | histogram | device |
+//! | `gateway_task_restarts_total` | counter | task, kind = driver, sink |
+//! | `gateway_sink_frames_written_total`, `gateway_sink_retries_total`, `gateway_sink_failures_total`, `gateway_sink_dead_lettered_total` | counter | sink |
+//! | `gateway_config_reloads_total` | counter | result = ok, error |
+//! | `gateway_build_info` | info | version |
+
+use std::sync::Arc;
+
+use frame_bus::FrameBus;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabel {
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceErrorLabels {
+    pub device: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub task: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn poll_histogram() -> Histogram {
+    // 100 µs … ~26 s
+    Histogram::new(exponential_buckets(0.000_1, 4.0, 10))
+}
+
+/// The gateway's live metric families.
+pub struct Metrics {
+    registry: Registry,
+    pub samples_published: Family<DeviceLabel, Counter>,
+    pub device_up: Family<DeviceLabel, Gauge>,
+    pub device_polls: Family<DeviceLabel, Counter>,
+    pub device_errors: Family<DeviceErrorLabels, Counter>,
+    pub poll_duration: HistogramFamily<DeviceLabel>,
+    pub task_restarts: Family<TaskLabels, Counter>,
+    pub sink_written: Family<SinkLabel, Counter>,
+    pub sink_retries: Family<SinkLabel, Counter>,
+    pub sink_failures: Family<SinkLabel, Counter>,
+    pub sink_dead_lettered: Family<SinkLabel, Counter>,
+    pub config_reloads: Family<ResultLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new(bus: FrameBus) -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("gateway");
+        let samples_published = Family::<DeviceLabel, Counter>::default();
+        let device_up = Family::<DeviceLabel, Gauge>::default();
+        let device_polls = Family::<DeviceLabel, Counter>::default();
+        let device_errors = Family::<DeviceErrorLabels, Counter>::default();
+        let poll_duration: HistogramFamily<DeviceLabel> = Family::new_with_constructor(poll_histogram);
+        let task_restarts = Family::<TaskLabels, Counter>::default();
+        let sink_written = Family::<SinkLabel, Counter>::default();
+        let sink_retries = Family::<SinkLabel, Counter>::default();
+        let sink_failures = Family::<SinkLabel, Counter>::default();
+        let sink_dead_lettered = Family::<SinkLabel, Counter>::default();
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        let r = &mut registry;
+        r.register(
+            "samples_published",
+            "Samples appended to the frame bus, by device",
+            samples_published.clone(),
+        );
+        r.register(
+            "device_up",
+            "1 while the device answers polls, else 0",
+            device_up.clone(),
+        );
+        r.register(
+            "device_polls",
+            "Poll cycles finished, by device",
+            device_polls.clone(),
+        );
+        r.register(
+            "device_errors",
+            "Failed poll cycles by device and kind (timeout, connection, protocol, device, bus)",
+            device_errors.clone(),
+        );
+        r.register(
+            "device_poll_duration_seconds",
+            "Time one poll cycle took talking to the device",
+            poll_duration.clone(),
+        );
+        r.register(
+            "task_restarts",
+            "Driver and sink tasks restarted by the supervisor after a failure",
+            task_restarts.clone(),
+        );
+        r.register(
+            "sink_frames_written",
+            "Frames a sink wrote downstream and acknowledged",
+            sink_written.clone(),
+        );
+        r.register(
+            "sink_retries",
+            "Sink write attempts retried",
+            sink_retries.clone(),
+        );
+        r.register(
+            "sink_failures",
+            "Sink write attempts that failed",
+            sink_failures.clone(),
+        );
+        r.register(
+            "sink_dead_lettered",
+            "Frames a sink could never write and set aside",
+            sink_dead_lettered.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result",
+            config_reloads.clone(),
+        );
+        r.register(
+            "build",
+            "Build information",
+            Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
+        r.register_collector(Box::new(BusCollector { bus }));
+        Arc::new(Metrics {
+            registry,
+            samples_published,
+            device_up,
+            device_polls,
+            device_errors,
+            poll_duration,
+            task_restarts,
+            sink_written,
+            sink_retries,
+            sink_failures,
+            sink_dead_lettered,
+            config_reloads,
+        })
+    }
+
+    /// The whole exposition in OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 << 10);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Reads the bus's stats at scrape time.
+#[derive(Debug)]
+struct BusCollector {
+    bus: FrameBus,
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    g.encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+impl prometheus_client::collector::Collector for BusCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.bus.stats();
+        counter(
+            &mut e,
+            "frames_published",
+            "Frames appended to the frame bus",
+            s.frames_published_total,
+        )?;
+        gauge(
+            &mut e,
+            "wal_head_seq",
+            "Last sequence number assigned by the frame bus",
+            s.head_seq,
+        )?;
+        gauge(
+            &mut e,
+            "wal_oldest_seq",
+            "Oldest sequence number still stored",
+            s.oldest_seq,
+        )?;
+        gauge(
+            &mut e,
+            "wal_stored_frames",
+            "Frames stored in the WAL",
+            s.stored_frames,
+        )?;
+        gauge(
+            &mut e,
+            "wal_size_bytes",
+            "Approximate size of the stored frames on disk",
+            s.approx_bytes,
+        )?;
+        counter(
+            &mut e,
+            "wal_bytes_published",
+            "Payload bytes appended",
+            s.bytes_published_total,
+        )?;
+        counter(
+            &mut e,
+            "wal_batches",
+            "Group-commit batches written",
+            s.batches_written_total,
+        )?;
+        counter(&mut e, "wal_fsyncs", "fsyncs of the WAL", s.fsyncs_total)?;
+        counter(
+            &mut e,
+            "wal_publish_errors",
+            "Publish calls that failed",
+            s.publish_errors_total,
+        )?;
+        counter(
+            &mut e,
+            "wal_disk_full_rejections",
+            "Publishes refused because the disk is (nearly) full",
+            s.disk_full_rejections_total,
+        )?;
+        counter(
+            &mut e,
+            "wal_corrupt_frames",
+            "Records that failed their CRC or decoding and were skipped",
+            s.corrupt_frames_total + s.malformed_keys_total,
+        )?;
+        counter(
+            &mut e,
+            "wal_deleted_frames",
+            "Frames deleted after every consumer acknowledged them",
+            s.frames_deleted_acked_total,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "wal_dropped_frames",
+                "Frames dropped by retention before every consumer acknowledged them",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, v) in [
+                ("max_age", s.frames_dropped_age_total),
+                ("max_bytes", s.frames_dropped_size_total),
+            ] {
+                ConstCounter::new(v).encode(m.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "wal_publish_duration_seconds",
+                "Time from publish call to durable commit",
+                None,
+                MetricType::Histogram,
+            )?;
+            let h = &s.publish_latency;
+            m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                h.sum_seconds,
+                h.count,
+                &h.buckets,
+                None,
+            )?;
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "consumer_cursor_seq",
+                "Last sequence number the consumer acknowledged",
+                None,
+                MetricType::Gauge,
+            )?;
+            for c in &s.consumers {
+                ConstGauge::new(i64::try_from(c.cursor).unwrap_or(i64::MAX))
+                    .encode(m.encode_family(&[("consumer", c.name.as_str())])?)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "consumer_lag_frames",
+                "Frames published but not yet acknowledged by the consumer",
+                None,
+                MetricType::Gauge,
+            )?;
+            for c in &s.consumers {
+                ConstGauge::new(i64::try_from(c.lag).unwrap_or(i64::MAX))
+                    .encode(m.encode_family(&[("consumer", c.name.as_str())])?)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "consumer_skipped_frames",
+                "Frames retention dropped before the consumer read them",
+                None,
+                MetricType::Counter,
+            )?;
+            for c in &s.consumers {
+                ConstCounter::new(c.skipped_dropped)
+                    .encode(m.encode_family(&[("consumer", c.name.as_str())])?)?;
+            }
+        }
+        Ok(())
+    }
+}

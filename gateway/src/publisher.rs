@@ -1,0 +1,94 @@
+//! [`BusHost`]: what a driver publishes through. It encodes each poll's
+//! `DataFrame`, appends it to the frame bus (returning once the bus has it
+//! with the configured durability), and keeps the device's status, last
+//! values and metrics current.
+
+use std::sync::{Arc, Mutex};
+
+use drivers::{DriverHost, HostError, PollReport};
+use frame_bus::FrameBus;
+use proto::{DataFrame, FrameType, Message};
+
+use crate::metrics::{DeviceErrorLabels, DeviceLabel, Metrics};
+use crate::status::{lock, DeviceState, DeviceStatus, TagValue};
+
+#[derive(Clone)]
+pub struct BusHost {
+    pub bus: FrameBus,
+    pub metrics: Arc<Metrics>,
+    pub state: Arc<Mutex<DeviceState>>,
+    pub label: DeviceLabel,
+}
+
+impl DriverHost for BusHost {
+    async fn publish(&self, frame: DataFrame) -> Result<(), HostError> {
+        let n = frame.samples.len() as u64;
+        let bytes = frame.encode_to_vec();
+        match self.bus.publish(FrameType::Data, bytes).await {
+            Ok(_) => {
+                self.metrics
+                    .samples_published
+                    .get_or_create(&self.label)
+                    .inc_by(n);
+                let mut st = lock(&self.state);
+                for s in frame.samples {
+                    let v = TagValue {
+                        value: s.value,
+                        quality: s.quality,
+                        ts_ns: s.source_ts_ns,
+                    };
+                    match st.tags.get_mut(&s.tag) {
+                        Some(slot) => *slot = v,
+                        None => {
+                            st.tags.insert(s.tag, v);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(HostError {
+                transient: e.is_transient(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    fn poll_finished(&self, r: &PollReport) {
+        let m = &self.metrics;
+        m.device_polls.get_or_create(&self.label).inc();
+        m.poll_duration
+            .get_or_create(&self.label)
+            .observe(r.duration.as_secs_f64());
+        let mut st = lock(&self.state);
+        st.polls += 1;
+        st.last_poll_ns = crate::now_ns();
+        match r.error {
+            None => {
+                st.status = DeviceStatus::Online;
+                st.last_error = None;
+            }
+            Some(kind) => {
+                m.device_errors
+                    .get_or_create(&DeviceErrorLabels {
+                        device: self.label.device.clone(),
+                        kind: kind.as_str().to_string(),
+                    })
+                    .inc();
+                st.errors += 1;
+                st.status = DeviceStatus::Error;
+                st.last_error = Some(format!("{} error", kind.as_str()));
+            }
+        }
+    }
+
+    fn connection_changed(&self, up: bool) {
+        self.metrics
+            .device_up
+            .get_or_create(&self.label)
+            .set(i64::from(up));
+        let mut st = lock(&self.state);
+        if !up {
+            st.status = DeviceStatus::Offline;
+        }
+    }
+}

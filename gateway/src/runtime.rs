@@ -1,0 +1,378 @@
+//! `gateway run`: opens the frame bus, starts HTTP, one supervised task per
+//! device driver and per sink, then waits for signals.
+//!
+//! - `SIGTERM`/`SIGINT`: `/readyz` turns 503, drivers stop (each finishes the
+//!   publish in flight), sinks get `shutdown_timeout` to finish their batch
+//!   and acknowledge it, cursors are persisted, the bus is closed, exit 0.
+//! - `SIGHUP`: the configuration is loaded again; devices whose config
+//!   changed are restarted, removed ones stopped, new ones started, and
+//!   the others keep running untouched. A configuration with errors is
+//!   rejected as a whole (logged, `gateway_config_reloads_total{result="error"}`).
+//! - Under systemd, `READY=1` is sent once everything started and
+//!   `STOPPING=1` when shutdown begins.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use config::{Config, DeviceConfig, SinkKind};
+use frame_bus::{BusConfig, FrameBus, RetentionConfig, SyncMode};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::metrics::{DeviceLabel, Metrics, ResultLabel};
+use crate::publisher::BusHost;
+use crate::sinks::{self, SinkContext};
+use crate::status::{lock, Status};
+use crate::supervisor::{supervise, Backoff};
+
+/// The bus configuration `[wal]` asks for.
+pub fn bus_config(c: &config::WalConfig) -> BusConfig {
+    BusConfig {
+        sync: match c.sync {
+            config::WalSync::Batch => SyncMode::Batch,
+            config::WalSync::Always => SyncMode::Always,
+            config::WalSync::None => SyncMode::None,
+        },
+        retention: RetentionConfig {
+            max_age: (!c.max_age.is_zero()).then_some(c.max_age),
+            max_bytes: c.max_bytes,
+            ..RetentionConfig::default()
+        },
+        min_free_bytes: c.min_free_bytes.unwrap_or(0),
+        ..BusConfig::default()
+    }
+}
+
+struct RunningDevice {
+    config: Arc<DeviceConfig>,
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+    version: u64,
+}
+
+struct Runtime {
+    config: Config,
+    bus: FrameBus,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    backoff: Backoff,
+    devices: BTreeMap<String, RunningDevice>,
+}
+
+impl Runtime {
+    fn start_device(&mut self, d: DeviceConfig, version: u64) {
+        let name = d.name.clone();
+        let state = self.status.device(&d, version);
+        let label = DeviceLabel { device: name.clone() };
+        let (stop, stop_rx) = watch::channel(false);
+        let config = Arc::new(d);
+        if !config.enabled {
+            info!(device = name, "device disabled; not polled");
+            self.metrics.device_up.get_or_create(&label).set(0);
+            let handle = tokio::spawn(async {});
+            self.devices.insert(
+                name,
+                RunningDevice {
+                    config,
+                    stop,
+                    handle,
+                    version,
+                },
+            );
+            return;
+        }
+        let host = BusHost {
+            bus: self.bus.clone(),
+            metrics: self.metrics.clone(),
+            state: state.clone(),
+            label: label.clone(),
+        };
+        let cfg = config.clone();
+        let rx = stop_rx.clone();
+        let metrics = self.metrics.clone();
+        let on_restart = move || {
+            metrics.device_up.get_or_create(&label).set(0);
+            let mut st = lock(&state);
+            st.restarts += 1;
+            st.status = crate::status::DeviceStatus::Error;
+        };
+        let handle = supervise(
+            format!("device:{name}"),
+            "driver",
+            self.backoff.clone(),
+            self.metrics.clone(),
+            stop_rx,
+            on_restart,
+            move || drivers::run_device(cfg.clone(), host.clone(), rx.clone()),
+        );
+        info!(
+            device = name,
+            protocol = config.protocol.as_str(),
+            tags = config.tags.len(),
+            "device started"
+        );
+        self.devices.insert(
+            name,
+            RunningDevice {
+                config,
+                stop,
+                handle,
+                version,
+            },
+        );
+    }
+
+    async fn stop_device(&mut self, name: &str) {
+        if let Some(d) = self.devices.remove(name) {
+            let _ = d.stop.send(true);
+            if let Err(e) = d.handle.await {
+                warn!(device = name, error = %e, "device task ended abnormally");
+            }
+            self.metrics
+                .device_up
+                .get_or_create(&DeviceLabel {
+                    device: name.to_string(),
+                })
+                .set(0);
+        }
+    }
+
+    /// SIGHUP: restart only what changed.
+    async fn reload(&mut self) {
+        let new = match config::load(&self.config.path) {
+            Ok(c) => c,
+            Err(errors) => {
+                self.metrics
+                    .config_reloads
+                    .get_or_create(&ResultLabel {
+                        result: "error".into(),
+                    })
+                    .inc();
+                for e in errors.iter() {
+                    error!("{e}");
+                }
+                error!(
+                    errors = errors.len(),
+                    "reload rejected: configuration has errors; still running the previous one"
+                );
+                return;
+            }
+        };
+        if new.gateway != self.config.gateway {
+            warn!("gateway.toml changed; [wal], [http], [sinks], [supervisor] and alert rules apply on the next restart (devices are reloaded now)");
+        }
+        let old_names: Vec<String> = self.devices.keys().cloned().collect();
+        let mut restarted = Vec::new();
+        for name in &old_names {
+            match new.device(name) {
+                None => {
+                    self.stop_device(name).await;
+                    self.status.remove_device(name);
+                    info!(device = name, "device removed");
+                }
+                Some(d) if *d != *self.devices[name].config => {
+                    let version = self.devices[name].version + 1;
+                    self.stop_device(name).await;
+                    self.start_device(d.clone(), version);
+                    restarted.push(name.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        for d in &new.devices {
+            if !self.devices.contains_key(&d.name) {
+                self.start_device(d.clone(), 1);
+                restarted.push(d.name.clone());
+            }
+        }
+        info!(changed = ?restarted, "configuration reloaded");
+        self.metrics
+            .config_reloads
+            .get_or_create(&ResultLabel { result: "ok".into() })
+            .inc();
+        self.config.devices = new.devices;
+    }
+}
+
+fn notify(state: sd_notify::NotifyState<'_>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(&[state]) {
+            warn!(error = %e, "sd_notify failed");
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let g = config.gateway.clone();
+    std::fs::create_dir_all(&g.data_dir)
+        .with_context(|| format!("creating data_dir {}", g.data_dir.display()))?;
+    let wal_dir = g.data_dir.join("wal");
+    let bus = FrameBus::open(&wal_dir, bus_config(&g.wal))
+        .with_context(|| format!("opening the frame bus at {}", wal_dir.display()))?;
+    let metrics = Metrics::new(bus.clone());
+    let status = Arc::new(Status::default());
+    status.started_ns.store(crate::now_ns(), Ordering::Relaxed);
+
+    // Signals first, so a SIGTERM during start-up is not lost.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+
+    let listener = tokio::net::TcpListener::bind(g.http.listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener to {}", g.http.listen))?;
+    if !g.http.listen.ip().is_loopback() && g.http.token.is_none() {
+        warn!(listen = %g.http.listen, "HTTP listens beyond loopback without [http] token: /api is open to the network");
+    }
+    let app = crate::http::router(crate::http::AppState {
+        gateway_id: g.gateway_id.clone(),
+        bus: bus.clone(),
+        metrics: metrics.clone(),
+        status: status.clone(),
+        token: g.http.token.as_deref().map(Arc::from),
+    });
+    let (http_stop, mut http_stop_rx) = watch::channel(false);
+    let http = tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { crate::supervisor::wait_true(&mut http_stop_rx).await })
+            .await;
+        if let Err(e) = r {
+            error!(error = %e, "HTTP server failed");
+        }
+    });
+    info!(listen = %g.http.listen, "HTTP listening: /metrics /healthz /readyz /api/v1/status");
+
+    let backoff = Backoff {
+        initial: g.supervisor.restart_backoff,
+        max: g.supervisor.max_restart_backoff,
+    };
+    let (sink_stop, sink_stop_rx) = watch::channel(false);
+    let mut sink_tasks = Vec::new();
+    for (name, sink) in &g.sinks {
+        if !sink.enabled {
+            info!(sink = name, "sink disabled");
+            continue;
+        }
+        let ctx = SinkContext {
+            name: name.clone(),
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+            state: status.sink(name, sink.kind.type_name()),
+            shutdown: sink_stop_rx.clone(),
+        };
+        let label = crate::metrics::SinkLabel { sink: name.clone() };
+        // Every sink family exists from the start, at 0.
+        for family in [
+            &metrics.sink_written,
+            &metrics.sink_retries,
+            &metrics.sink_failures,
+            &metrics.sink_dead_lettered,
+        ] {
+            let _ = family.get_or_create(&label);
+        }
+        let state = ctx.state.clone();
+        let m = metrics.clone();
+        let on_restart = move || {
+            m.sink_retries.get_or_create(&label).inc();
+            lock(&state).last_error = Some("restarting after a failure".into());
+        };
+        let handle = match &sink.kind {
+            SinkKind::File(f) => {
+                let f = f.clone();
+                let path = if f.path.is_absolute() {
+                    f.path.clone()
+                } else {
+                    g.data_dir.join(&f.path)
+                };
+                supervise(
+                    format!("sink:{name}"),
+                    "sink",
+                    backoff.clone(),
+                    metrics.clone(),
+                    sink_stop_rx.clone(),
+                    on_restart,
+                    move || sinks::file::run(ctx.clone(), f.clone(), path.clone()),
+                )
+            }
+        };
+        info!(sink = name, kind = sink.kind.type_name(), "sink started");
+        sink_tasks.push(handle);
+    }
+
+    let mut rt = Runtime {
+        config: config.clone(),
+        bus: bus.clone(),
+        metrics: metrics.clone(),
+        status: status.clone(),
+        backoff,
+        devices: BTreeMap::new(),
+    };
+    for d in config.devices.clone() {
+        rt.start_device(d, 1);
+    }
+    status.ready.store(true, Ordering::Release);
+    notify(sd_notify::NotifyState::Ready);
+    info!(
+        gateway_id = g.gateway_id,
+        devices = rt.devices.len(),
+        sinks = sink_tasks.len(),
+        head_seq = bus.head_seq(),
+        "gateway running"
+    );
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading device configuration");
+                notify(sd_notify::NotifyState::Reloading);
+                rt.reload().await;
+                notify(sd_notify::NotifyState::Ready);
+            }
+        }
+    }
+
+    // Shutdown: not ready → drivers → sinks (bounded) → cursors → bus.
+    status.ready.store(false, Ordering::Release);
+    notify(sd_notify::NotifyState::Stopping);
+    let names: Vec<String> = rt.devices.keys().cloned().collect();
+    for d in rt.devices.values() {
+        let _ = d.stop.send(true);
+    }
+    for name in names {
+        rt.stop_device(&name).await;
+    }
+    info!(head_seq = bus.head_seq(), "drivers stopped");
+    let _ = sink_stop.send(true);
+    let timeout = g.supervisor.shutdown_timeout;
+    let all = futures_join(sink_tasks);
+    if tokio::time::timeout(timeout, all).await.is_err() {
+        warn!(?timeout, "sinks did not finish within shutdown_timeout; their unacknowledged frames replay on the next start");
+    }
+    if let Err(e) = bus.flush_cursors().await {
+        error!(error = %e, "persisting cursors failed");
+    }
+    let _ = http_stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    let stats = bus.stats();
+    bus.close();
+    info!(
+        head_seq = stats.head_seq,
+        cursors = ?stats.consumers.iter().map(|c| (c.name.as_str(), c.cursor)).collect::<Vec<_>>(),
+        "gateway stopped cleanly"
+    );
+    Ok(())
+}
+
+async fn futures_join(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}

@@ -1,0 +1,38 @@
+//! Sinks: consumers of the frame bus, each with its own durable cursor.
+//!
+//! A sink acknowledges a frame only after its downstream confirmed it
+//! (DESIGN.md invariant 4) and makes writes idempotent so a replay after a
+//! crash stores each frame once (invariant 5).
+
+pub mod file;
+
+use std::sync::{Arc, Mutex};
+
+use frame_bus::FrameBus;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::status::SinkState;
+
+/// What every sink task gets.
+#[derive(Clone)]
+pub struct SinkContext {
+    pub name: String,
+    pub bus: FrameBus,
+    pub metrics: Arc<Metrics>,
+    pub state: Arc<Mutex<SinkState>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Why a sink task stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("frame bus: {0}")]
+    Bus(#[from] frame_bus::BusError),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,241 @@
+//! Harness for tests that run the real `gateway` binary: copies the demo
+//! configuration into a temp dir, starts the gateway on a free loopback
+//! port, talks HTTP to it, signals it and inspects its WAL with the CLI.
+//!
+//! The binary is `$GATEWAY_BIN`, or `gateway` next to the test executable's
+//! `deps/` directory (cargo builds it for `cargo test --workspace`). A missing
+//! binary fails the test loudly.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn gateway_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("gateway");
+    assert!(
+        bin.is_file(),
+        "gateway binary not found at {} (build it with `cargo build --release -p gateway` or set GATEWAY_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A temp copy of `deploy/demo` whose data dir lives inside it.
+pub struct DemoDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl DemoDir {
+    pub fn new() -> DemoDir {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("devices")).unwrap();
+        std::fs::copy(src.join("gateway.toml"), dir.path().join("gateway.toml")).unwrap();
+        for e in std::fs::read_dir(src.join("devices")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join("devices").join(e.file_name())).unwrap();
+        }
+        DemoDir { dir }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    pub fn wal(&self) -> PathBuf {
+        self.data().join("wal")
+    }
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    http: reqwest::blocking::Client,
+}
+
+impl Gateway {
+    /// Starts `gateway run` and waits until `/readyz` answers 200.
+    pub fn start(demo: &DemoDir, extra_env: &[(&str, &str)]) -> Gateway {
+        let port = free_port();
+        let log = demo.dir.path().join(format!("gateway-{port}.log"));
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(gateway_bin());
+        cmd.args(["run", "--config"])
+            .arg(demo.config())
+            .env("GATEWAY_DATA_DIR", demo.data())
+            .env("GATEWAY_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logf);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn gateway");
+        let mut g = Gateway {
+            child,
+            port,
+            log,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        g.wait_until("ready", Duration::from_secs(60), |g| {
+            g.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
+        });
+        g
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `cond` every 100 ms; panics with the gateway's log after `limit`.
+    pub fn wait_until(&mut self, what: &str, limit: Duration, mut cond: impl FnMut(&mut Gateway) -> bool) {
+        let t0 = Instant::now();
+        loop {
+            if cond(self) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "gateway exited ({status}) while waiting for {what}:\n{}",
+                    self.log_text()
+                );
+            }
+            if t0.elapsed() > limit {
+                panic!("gave up waiting for {what} after {limit:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.get_with(path, None)
+    }
+
+    pub fn get_with(&self, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
+        let mut req = self.http.get(format!("http://127.0.0.1:{}{path}", self.port));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.text().ok()?))
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/api/v1/status").expect("status reachable");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// Sum of every sample of metric `name` (all label sets).
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
+        let mut found = None;
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let (key, value) = line.rsplit_once(' ')?;
+            let metric = key.split('{').next()?;
+            if metric == name {
+                *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+            }
+        }
+        found
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit (bounded).
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            if t0.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("gateway did not exit within {limit:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `gateway wal …` against a bus directory.
+pub fn wal(dir: &Path, args: &[&str]) -> Output {
+    Command::new(gateway_bin())
+        .arg("wal")
+        .args(args)
+        .arg("--wal-dir")
+        .arg(dir)
+        .output()
+        .expect("run gateway wal")
+}
+
+/// Every frame in the WAL as JSON (via `gateway wal tail --json`).
+pub fn wal_frames(dir: &Path) -> Vec<serde_json::Value> {
+    let out = wal(dir, &["tail", "--from", "0", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// Persisted cursors `name → seq` (via `gateway wal cursors --json`).
+pub fn wal_cursors(dir: &Path) -> std::collections::HashMap<String, u64> {
+    let out = wal(dir, &["cursors", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["cursor"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The `seq`s of the file sink's JSON Lines archive.
+pub fn archive_seqs(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("archive line is JSON");
+            v["seq"].as_u64().expect("seq")
+        })
+        .collect()
+}
