@@ -212,6 +212,7 @@ fn hostname() -> String {
 }
 
 /// The `*.toml` files of `dir`, sorted; errors when there are none.
+#[allow(clippy::result_large_err)] // one error per call, off the hot path
 pub fn device_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| ConfigError::file(dir, format!("cannot read devices directory: {e}")))?;

@@ -156,14 +156,10 @@ fn walk(
     let span = v.span();
     spans.values.insert(path.to_string(), span.clone());
     match v.get_mut() {
-        DeValue::String(s) => {
-            if s.contains('$') {
-                match substitute(s, env) {
-                    Ok(new) => *s = Cow::Owned(new),
-                    Err(msg) => errors.push(ConfigError::at(file, text, Some(span), path, msg)),
-                }
-            }
-        }
+        DeValue::String(s) if s.contains('$') => match substitute(s, env) {
+            Ok(new) => *s = Cow::Owned(new),
+            Err(msg) => errors.push(ConfigError::at(file, text, Some(span), path, msg)),
+        },
         DeValue::Array(a) => {
             for (i, e) in a.iter_mut().enumerate() {
                 walk(e, &format!("{path}[{i}]"), spans, env, file, text, errors);

@@ -6,9 +6,10 @@
 //!   poll cycle to its [`DriverHost`] as one `DataFrame` (`device_id` = the
 //!   device's `name`, one `Sample` per tag read in that cycle). The host is
 //!   the gateway's bus publisher; a driver never talks to a sink or storage.
-//! - `publish` returns once the frame is in the bus; a driver awaits it
-//!   before the next cycle, so a slow bus slows polling (backpressure)
-//!   instead of growing memory.
+//! - `publish` returns once the frame is in the bus. Drivers publish through
+//!   a [`pipeline::Pipeline`]: up to `pipeline::DEPTH` polls may wait for the
+//!   bus, so an fsync stall does not cost polls, and a slower bus than that
+//!   slows polling (backpressure) instead of growing memory.
 //! - Values follow the tag config ([`sample`]): `value = raw * scaling +
 //!   offset` with `raw_value` kept, `min_value`/`max_value` violations give
 //!   quality UNCERTAIN (value kept), a failed read gives BAD with an
@@ -19,6 +20,7 @@
 //! - Drivers stop at their next await point once `shutdown` turns true.
 
 mod host;
+pub mod pipeline;
 pub mod sample;
 pub mod simulator;
 

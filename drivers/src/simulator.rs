@@ -20,6 +20,7 @@ use proto::{DataFrame, Sample};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::pipeline::Pipeline;
 use crate::sample::{self, Deadband, Raw};
 use crate::{DriverError, DriverHost, ErrorKind, PollReport};
 
@@ -145,20 +146,22 @@ pub async fn run<H: DriverHost>(
         }
         return Ok(());
     }
+    let host = Arc::new(host);
     host.connection_changed(true);
+    let mut pipeline = Pipeline::new(host.clone());
     let mut burst_left = 0u32;
     loop {
         if *shutdown.borrow() {
-            return Ok(());
+            return pipeline.finish().await;
         }
         let Some(gi) = (0..groups.len()).min_by_key(|&i| groups[i].next) else {
-            return Ok(());
+            return pipeline.finish().await;
         };
         tokio::select! {
             _ = tokio::time::sleep_until(groups[gi].next) => {}
             r = shutdown.changed() => {
                 if r.is_err() {
-                    return Ok(());
+                    return pipeline.finish().await;
                 }
                 continue;
             }
@@ -191,14 +194,14 @@ pub async fn run<H: DriverHost>(
                 device_id: device.name.clone(),
                 samples,
             };
-            if let Err(e) = host.publish(frame).await {
+            if let Err(e) = pipeline.send(frame).await {
                 error = Some(ErrorKind::Bus);
                 host.poll_finished(&PollReport {
                     duration,
                     samples: 0,
                     error,
                 });
-                return Err(e.into());
+                return Err(e);
             }
         }
         host.poll_finished(&PollReport {

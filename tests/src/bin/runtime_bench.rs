@@ -138,6 +138,7 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, secs: u64) -> Result<Meas
         let (s0, c0, t0) = (samples(port)?, cpu_ticks(pid)?, Instant::now());
         std::thread::sleep(Duration::from_secs(secs));
         let (s1, c1, dt) = (samples(port)?, cpu_ticks(pid)?, t0.elapsed().as_secs_f64());
+        eprintln!("{}: {s0} -> {s1} samples in {dt:.2} s", s.name);
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         Ok(Measured {
