@@ -24,6 +24,20 @@ pub enum CompareOp {
 
 impl CompareOp {
     /// BETWEEN and NOT_BETWEEN take `threshold_low`/`threshold_high`.
+    /// The seed's spelling (`GT`, `NOT_BETWEEN`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompareOp::Gt => "GT",
+            CompareOp::Lt => "LT",
+            CompareOp::Gte => "GTE",
+            CompareOp::Lte => "LTE",
+            CompareOp::Eq => "EQ",
+            CompareOp::Ne => "NE",
+            CompareOp::Between => "BETWEEN",
+            CompareOp::NotBetween => "NOT_BETWEEN",
+        }
+    }
+
     pub fn is_range(self) -> bool {
         matches!(self, CompareOp::Between | CompareOp::NotBetween)
     }
@@ -37,6 +51,17 @@ pub enum AlertLevel {
     Warning,
     Critical,
     Fatal,
+}
+
+impl AlertLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertLevel::Info => "INFO",
+            AlertLevel::Warning => "WARNING",
+            AlertLevel::Critical => "CRITICAL",
+            AlertLevel::Fatal => "FATAL",
+        }
+    }
 }
 
 /// One rule.

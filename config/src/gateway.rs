@@ -13,7 +13,7 @@ use crate::units;
 /// Everything in `gateway.toml` (paths resolved against its directory).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
-    /// Names this gateway in metrics and storage (default: the host name).
+    /// Names this gateway in the status API, logs and (with the storage issues) stored rows (default: the host name).
     pub gateway_id: String,
     /// Holds `wal/` (the frame bus) and driver state.
     pub data_dir: PathBuf,
@@ -39,9 +39,21 @@ pub struct WalConfig {
     /// Cap on the frames' size on disk; the oldest are dropped beyond it.
     #[serde(default, deserialize_with = "units::opt_bytes")]
     pub max_bytes: Option<u64>,
-    /// Publishes are refused (not lost: the driver retries) below this free space.
+    /// Publishes are refused below this free space (`BusError::DiskFull`): the
+    /// bus stays intact; the polls that could not be stored are counted as
+    /// `bus` errors and the driver is restarted with backoff until space returns.
     #[serde(default = "d_min_free", deserialize_with = "units::opt_bytes")]
     pub min_free_bytes: Option<u64>,
+}
+
+impl WalSync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalSync::Batch => "batch",
+            WalSync::Always => "always",
+            WalSync::None => "none",
+        }
+    }
 }
 
 impl Default for WalConfig {

@@ -134,7 +134,13 @@ fn load_gateway(
     };
     let rules = take_array(&src, &mut t, "alert_rules", errors);
     let sinks = take_tables(&src, &mut t, "sinks", errors);
-    let file: Option<gateway::GatewayFile> = de(&src, table_value(span, t), "", None, errors);
+    let file: Option<gateway::GatewayFile> = de(
+        &src,
+        table_value(span, t),
+        "",
+        Some(&["sinks", "alert_rules"]),
+        errors,
+    );
 
     let mut sink_configs = std::collections::BTreeMap::new();
     for (name, v) in sinks {

@@ -263,8 +263,11 @@ fn serde_error(src: &Source, base: &str, e: &toml::de::Error, extra: Option<&[&s
         }
         let original = msg.clone();
         let mut expected: Vec<&str> = expected_list(&original);
-        if let Some(more) = extra {
-            expected.extend(more.iter().copied());
+        // Keys split off into other structs belong to the table at `base` only.
+        if key == join(base, &field) {
+            if let Some(more) = extra {
+                expected.extend(more.iter().copied());
+            }
         }
         expected.sort_unstable();
         expected.dedup();

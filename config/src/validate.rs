@@ -70,6 +70,8 @@ fn check_name(e: &mut impl FnMut(&str, String), key: &str, name: &str, what: &st
         e(key, format!("{what} must not be empty or blank"));
     } else if name.trim() != name {
         e(key, format!("{what} {name:?} has leading or trailing spaces"));
+    } else if name.len() > 128 {
+        e(key, format!("{what} is longer than 128 bytes"));
     } else if name.chars().any(char::is_control) {
         e(key, format!("{what} {name:?} contains control characters"));
     }
@@ -265,8 +267,8 @@ pub(crate) fn rules(
                 _ => e(
                     &format!("alert_rules[{i}]"),
                     format!(
-                        "{:?} needs both threshold_low and threshold_high (seed CHECK alert_rules_threshold_check)",
-                        r.op
+                        "{} needs both threshold_low and threshold_high (seed CHECK alert_rules_threshold_check)",
+                        r.op.as_str()
                     ),
                 ),
             }
@@ -274,8 +276,8 @@ pub(crate) fn rules(
             e(
                 &format!("alert_rules[{i}]"),
                 format!(
-                    "{:?} needs threshold_value (seed CHECK alert_rules_threshold_check)",
-                    r.op
+                    "{} needs threshold_value (seed CHECK alert_rules_threshold_check)",
+                    r.op.as_str()
                 ),
             );
         }

@@ -553,6 +553,15 @@ fn unknown_key_in_http_section() {
     count(&errs, 1);
 }
 
+#[test]
+fn misspelt_top_level_table_suggests_sinks() {
+    let gw = edit(GATEWAY, "[sinks.archive]\n", "[sink.archive]\n");
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    let e = expect(&errs, GW, "sink", (11, 2), "unknown key `sink`");
+    assert!(e.message.contains("did you mean `sinks`?"), "{e}");
+    assert!(e.message.contains("alert_rules") && e.message.contains("wal"), "{e}");
+}
+
 // ---------------------------------------------------------------- devices
 
 #[test]
@@ -881,7 +890,7 @@ fn gt_without_threshold_value() {
         "description = \"no threshold\"",
     );
     let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
-    expect(&errs, GW, "alert_rules[0]", (15, 1), "Gt needs threshold_value");
+    expect(&errs, GW, "alert_rules[0]", (15, 1), "GT needs threshold_value");
     count(&errs, 1);
 }
 
@@ -940,7 +949,7 @@ fn threshold_errors_in_the_second_rule_point_at_it() {
         GW,
         "alert_rules[1]",
         (23, 1),
-        "NotBetween needs both threshold_low and threshold_high",
+        "NOT_BETWEEN needs both threshold_low and threshold_high",
     );
     count(&errs, 1);
 }

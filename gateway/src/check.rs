@@ -15,8 +15,8 @@ pub fn run(path: &Path) -> Result<(), Failure> {
     println!("gateway_id   {}", g.gateway_id);
     println!("data_dir     {}", g.data_dir.display());
     println!(
-        "wal          sync={:?} max_age={} max_bytes={}",
-        g.wal.sync,
+        "wal          sync={} max_age={} max_bytes={}",
+        g.wal.sync.as_str(),
         format_duration(g.wal.max_age),
         g.wal.max_bytes.map_or("none".to_string(), |b| b.to_string())
     );
@@ -64,13 +64,13 @@ pub fn run(path: &Path) -> Result<(), Failure> {
             _ => String::new(),
         };
         println!(
-            "  {:<20} {}.{} {:?} {} {:?}",
+            "  {:<20} {}.{} {} {} {}",
             r.name,
             r.device,
             r.tag.as_deref().unwrap_or("*"),
-            r.op,
+            r.op.as_str(),
             threshold,
-            r.level
+            r.level.as_str()
         );
     }
     Ok(())

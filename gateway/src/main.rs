@@ -116,6 +116,14 @@ pub enum WalCmd {
         /// Last seq to treat as acknowledged (0 = replay everything retained).
         seq: u64,
     },
+    /// Delete a consumer's cursor (a removed sink), so retention stops keeping frames for it
+    /// (the gateway must be stopped).
+    RemoveConsumer {
+        #[command(flatten)]
+        target: WalTarget,
+        /// Consumer (sink) name.
+        name: String,
+    },
 }
 
 /// Failures sorted by exit code.

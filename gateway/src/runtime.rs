@@ -280,7 +280,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let m = metrics.clone();
         let on_restart = move || {
             m.sink_retries.get_or_create(&label).inc();
-            lock(&state).last_error = Some("restarting after a failure".into());
+            // Keep the failure's own message; only fill in when there is none.
+            lock(&state)
+                .last_error
+                .get_or_insert_with(|| "restarting after a failure".into());
         };
         let handle = match &sink.kind {
             SinkKind::File(f) => {
@@ -305,6 +308,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sink_tasks.push(handle);
     }
 
+    for c in bus.stats().consumers {
+        if !g.sinks.get(&c.name).is_some_and(|s| s.enabled) {
+            warn!(
+                consumer = c.name,
+                lag = c.lag,
+                "the WAL keeps frames for a consumer that is no configured, enabled sink; \
+                 remove it with `gateway wal remove-consumer` (gateway stopped) or frames are kept until max_age/max_bytes"
+            );
+        }
+    }
     let mut rt = Runtime {
         config: config.clone(),
         bus: bus.clone(),

@@ -39,6 +39,7 @@ pub fn run(cmd: WalCmd) -> Result<(), Failure> {
             json,
         } => tail(&target, from, lines, follow, json),
         WalCmd::SetCursor { target, name, seq } => set_cursor(&target, &name, seq),
+        WalCmd::RemoveConsumer { target, name } => remove_consumer(&target, &name),
     }
 }
 
@@ -148,7 +149,37 @@ fn tail(t: &WalTarget, from: Option<u64>, lines: u64, follow: bool, as_json: boo
 }
 
 fn set_cursor(t: &WalTarget, name: &str, seq: u64) -> Result<(), Failure> {
+    let bus = open_exclusive(t)?;
+    let set = bus.set_cursor(name, seq).map_err(anyhow::Error::from)?;
+    bus.close();
+    println!(
+        "consumer {name}: cursor set to {set} (next read starts at {})",
+        set + 1
+    );
+    Ok(())
+}
+
+fn remove_consumer(t: &WalTarget, name: &str) -> Result<(), Failure> {
+    let bus = open_exclusive(t)?;
+    let removed = bus.remove_consumer(name).map_err(anyhow::Error::from)?;
+    bus.close();
+    if !removed {
+        return Err(Failure::Runtime(anyhow::anyhow!("no consumer named {name:?}")));
+    }
+    println!("consumer {name}: removed; retention no longer keeps frames for it");
+    Ok(())
+}
+
+/// Opens the bus for writing (fails while the gateway holds it).
+fn open_exclusive(t: &WalTarget) -> Result<frame_bus::FrameBus, Failure> {
     let d = dir(t)?;
+    // Never create a bus on a mistyped path.
+    if !d.join("CURRENT").is_file() {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{}: no frame bus in this directory (no RocksDB CURRENT file)",
+            d.display()
+        )));
+    }
     let bus = frame_bus::FrameBus::open(
         &d,
         frame_bus::BusConfig {
@@ -172,11 +203,5 @@ fn set_cursor(t: &WalTarget, name: &str, seq: u64) -> Result<(), Failure> {
             anyhow::anyhow!("opening the frame bus at {}: {msg}", d.display())
         }
     })?;
-    let set = bus.set_cursor(name, seq).map_err(anyhow::Error::from)?;
-    bus.close();
-    println!(
-        "consumer {name}: cursor set to {set} (next read starts at {})",
-        set + 1
-    );
-    Ok(())
+    Ok(bus)
 }

@@ -198,6 +198,11 @@ async fn wal_stat_tail_cursors_and_set_cursor() {
     assert_eq!(v["name"], "influxdb");
     assert_eq!(v["cursor"], 4);
     assert_eq!(v["lag"], 1);
+
+    let out = wal(&["remove-consumer", "influxdb"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(text(&wal(&["cursors"])).0, "", "cursor deleted");
+    assert_eq!(wal(&["remove-consumer", "influxdb"]).status.code(), Some(1));
 }
 
 #[test]
@@ -209,4 +214,18 @@ fn wal_stat_on_a_missing_directory_is_a_clear_runtime_error() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("no frame bus in this directory"), "{stderr}");
+}
+
+#[test]
+fn set_cursor_on_a_mistyped_path_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("wall");
+    let out = gateway()
+        .args(["wal", "set-cursor", "influxdb", "1", "--wal-dir"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("no frame bus in this directory"));
+    assert!(!typo.exists(), "set-cursor must not create a bus");
 }

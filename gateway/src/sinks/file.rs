@@ -86,11 +86,26 @@ fn open_append(path: &Path) -> Result<File, SinkError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    OpenOptions::new()
+    let existed = path.exists();
+    let f = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(io_err(path))
+        .map_err(io_err(path))?;
+    if !existed {
+        sync_dir(path)?;
+    }
+    Ok(f)
+}
+
+/// fsyncs the directory holding `path`, so a new or renamed file's entry
+/// survives a power cut (otherwise acknowledged lines could vanish with it).
+fn sync_dir(path: &Path) -> Result<(), SinkError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
 /// Runs the sink until shutdown.
@@ -105,6 +120,18 @@ pub async fn run(ctx: SinkContext, cfg: FileSinkConfig, path: PathBuf) -> Result
         let through = last_seq(&path)?.max(last_seq(&rotated(&path))?);
         Ok::<_, SinkError>((open_append(&path)?, through))
     })?;
+    // A WAL that was reset (deleted) restarts at seq 1: lines from the old
+    // one must not make the sink skip new frames.
+    let head = ctx.bus.head_seq();
+    if written_through > head {
+        tracing::warn!(
+            sink = ctx.name,
+            written_through,
+            head,
+            "the archive is ahead of the WAL (was the WAL reset?); appending without de-duplication"
+        );
+        written_through = 0;
+    }
     info!(sink = ctx.name, path = %path.display(), from = sub.position(), written_through, "file sink started");
     let mut buf = Vec::with_capacity(64 << 10);
     loop {
