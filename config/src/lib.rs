@@ -118,13 +118,8 @@ fn load_gateway(
             base_dir.join(p)
         }
     };
-    let Some((root, spans)) = parse(path, &text, env, errors) else {
+    let Some((root, src)) = parse(path, &text, env, errors) else {
         return (None, None);
-    };
-    let src = Source {
-        path: path.to_path_buf(),
-        text: text.clone(),
-        spans,
     };
     let span = root.span();
     let mut t = root.into_inner();
@@ -267,12 +262,7 @@ fn load_device(
     errors: &mut Vec<ConfigError>,
 ) -> Option<(DeviceConfig, Source)> {
     let text = read(path, errors)?;
-    let (root, spans) = parse(path, &text, env, errors)?;
-    let src = Source {
-        path: path.to_path_buf(),
-        text: text.clone(),
-        spans,
-    };
+    let (root, src) = parse(path, &text, env, errors)?;
     let span = root.span();
     let mut t = root.into_inner();
     let raw_tags = take_array(&src, &mut t, "tags", errors);

@@ -114,13 +114,14 @@ pub fn read(path: &Path, errors: &mut Vec<ConfigError>) -> Option<String> {
 }
 
 /// Parses `text`, reporting every syntax error; substitutes `${ENV}` in
-/// strings and indexes spans. Returns `None` when the syntax is broken.
+/// strings and indexes spans into the returned [`Source`]. Returns `None`
+/// when the syntax is broken.
 pub fn parse<'t>(
     path: &Path,
     text: &'t str,
     env: EnvLookup<'_>,
     errors: &mut Vec<ConfigError>,
-) -> Option<(Spanned<DeTable<'t>>, SpanIndex)> {
+) -> Option<(Spanned<DeTable<'t>>, Source)> {
     let (mut root, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         for e in syntax {
@@ -141,7 +142,12 @@ pub fn parse<'t>(
         spans.keys.insert(p.clone(), k.span());
         walk(v, &p, &mut spans, env, path, text, errors);
     }
-    Some((root, spans))
+    let src = Source {
+        path: path.to_path_buf(),
+        text: text.to_string(),
+        spans,
+    };
+    Some((root, src))
 }
 
 fn walk(

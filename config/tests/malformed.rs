@@ -559,7 +559,10 @@ fn misspelt_top_level_table_suggests_sinks() {
     let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
     let e = expect(&errs, GW, "sink", (11, 2), "unknown key `sink`");
     assert!(e.message.contains("did you mean `sinks`?"), "{e}");
-    assert!(e.message.contains("alert_rules") && e.message.contains("wal"), "{e}");
+    assert!(
+        e.message.contains("alert_rules") && e.message.contains("wal"),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------- devices

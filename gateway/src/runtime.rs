@@ -71,21 +71,33 @@ impl Runtime {
         let label = DeviceLabel { device: name.clone() };
         let (stop, stop_rx) = watch::channel(false);
         let config = Arc::new(d);
-        if !config.enabled {
+        let handle = if config.enabled {
+            self.spawn_driver(&config, state, label, stop_rx)
+        } else {
             info!(device = name, "device disabled; not polled");
             self.metrics.device_up.get_or_create(&label).set(0);
-            let handle = tokio::spawn(async {});
-            self.devices.insert(
-                name,
-                RunningDevice {
-                    config,
-                    stop,
-                    handle,
-                    version,
-                },
-            );
-            return;
-        }
+            tokio::spawn(async {})
+        };
+        self.devices.insert(
+            name,
+            RunningDevice {
+                config,
+                stop,
+                handle,
+                version,
+            },
+        );
+    }
+
+    /// The supervised driver task of an enabled device.
+    fn spawn_driver(
+        &self,
+        config: &Arc<DeviceConfig>,
+        state: Arc<std::sync::Mutex<crate::status::DeviceState>>,
+        label: DeviceLabel,
+        stop_rx: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        let name = config.name.clone();
         let host = BusHost {
             bus: self.bus.clone(),
             metrics: self.metrics.clone(),
@@ -116,15 +128,7 @@ impl Runtime {
             tags = config.tags.len(),
             "device started"
         );
-        self.devices.insert(
-            name,
-            RunningDevice {
-                config,
-                stop,
-                handle,
-                version,
-            },
-        );
+        handle
     }
 
     async fn stop_device(&mut self, name: &str) {
