@@ -67,10 +67,6 @@ impl DataType {
             Int8 | UInt8 | Int16 | UInt16 | Int32 | UInt32 | Int64 | UInt64
         )
     }
-    pub fn is_signed(self) -> bool {
-        use DataType::*;
-        matches!(self, Int8 | Int16 | Int32 | Int64)
-    }
     pub fn is_numeric(self) -> bool {
         self.is_integer() || matches!(self, DataType::Float | DataType::Double)
     }

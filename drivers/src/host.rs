@@ -30,13 +30,6 @@ impl ErrorKind {
             ErrorKind::Bus => "bus",
         }
     }
-    pub const ALL: [ErrorKind; 5] = [
-        ErrorKind::Timeout,
-        ErrorKind::Connection,
-        ErrorKind::Protocol,
-        ErrorKind::Device,
-        ErrorKind::Bus,
-    ];
 }
 
 /// One finished poll cycle.

@@ -211,6 +211,27 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<()
     g.encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
+/// One family with a sample per consumer (`consumer` label).
+fn per_consumer(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    consumers: &[frame_bus::ConsumerStats],
+    value: impl Fn(&frame_bus::ConsumerStats) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for c in consumers {
+        let labels = [("consumer", c.name.as_str())];
+        let v = value(c);
+        match kind {
+            MetricType::Counter => ConstCounter::new(v).encode(m.encode_family(&labels)?)?,
+            _ => ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(m.encode_family(&labels)?)?,
+        }
+    }
+    Ok(())
+}
+
 impl prometheus_client::collector::Collector for BusCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.bus.stats();
@@ -310,42 +331,31 @@ impl prometheus_client::collector::Collector for BusCollector {
                 None,
             )?;
         }
-        {
-            let mut m = e.encode_descriptor(
-                "consumer_cursor_seq",
-                "Last sequence number the consumer acknowledged",
-                None,
-                MetricType::Gauge,
-            )?;
-            for c in &s.consumers {
-                ConstGauge::new(i64::try_from(c.cursor).unwrap_or(i64::MAX))
-                    .encode(m.encode_family(&[("consumer", c.name.as_str())])?)?;
-            }
-        }
-        {
-            let mut m = e.encode_descriptor(
-                "consumer_lag_frames",
-                "Frames published but not yet acknowledged by the consumer",
-                None,
-                MetricType::Gauge,
-            )?;
-            for c in &s.consumers {
-                ConstGauge::new(i64::try_from(c.lag).unwrap_or(i64::MAX))
-                    .encode(m.encode_family(&[("consumer", c.name.as_str())])?)?;
-            }
-        }
-        {
-            let mut m = e.encode_descriptor(
-                "consumer_skipped_frames",
-                "Frames retention dropped before the consumer read them",
-                None,
-                MetricType::Counter,
-            )?;
-            for c in &s.consumers {
-                ConstCounter::new(c.skipped_dropped)
-                    .encode(m.encode_family(&[("consumer", c.name.as_str())])?)?;
-            }
-        }
+        let consumers = &s.consumers;
+        per_consumer(
+            &mut e,
+            "consumer_cursor_seq",
+            "Last sequence number the consumer acknowledged",
+            MetricType::Gauge,
+            consumers,
+            |c| c.cursor,
+        )?;
+        per_consumer(
+            &mut e,
+            "consumer_lag_frames",
+            "Frames published but not yet acknowledged by the consumer",
+            MetricType::Gauge,
+            consumers,
+            |c| c.lag,
+        )?;
+        per_consumer(
+            &mut e,
+            "consumer_skipped_frames",
+            "Frames retention dropped before the consumer read them",
+            MetricType::Counter,
+            consumers,
+            |c| c.skipped_dropped,
+        )?;
         Ok(())
     }
 }

@@ -59,7 +59,6 @@ pub struct DeviceState {
 pub struct SinkState {
     pub kind: &'static str,
     pub written: u64,
-    pub last_seq: u64,
     pub last_error: Option<String>,
 }
 

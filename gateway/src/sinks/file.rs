@@ -175,7 +175,6 @@ pub async fn run(ctx: SinkContext, cfg: FileSinkConfig, path: PathBuf) -> Result
         ctx.metrics.sink_written.get_or_create(&label).inc_by(n);
         let mut st = lock(&ctx.state);
         st.written += n;
-        st.last_seq = last;
         st.last_error = None;
     }
 }
