@@ -252,7 +252,7 @@ fn base_tree_loads() {
 
 #[test]
 fn demo_config_loads_with_defaults() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo/gateway.toml");
+    let path = manifest_dir().join("../deploy/demo/gateway.toml");
     let c = match config::load_with_env(&path, &|_| None) {
         Ok(c) => c,
         Err(e) => panic!("demo config must load:\n{e}"),
@@ -1004,4 +1004,13 @@ fn syntax_error_in_one_device_does_not_hide_another_devices_errors() {
     let errs = Tree::with(GATEWAY, &dev_a, &dev_b).errors();
     expect(&errs, A, "", (11, 13), "TOML syntax error");
     expect(&errs, B, "tags[2].duty", (21, 8), "got 0");
+}
+
+/// This package's directory, read when the test runs (cargo sets it), not
+/// baked in at compile time: the target dir is shared between checkouts, so a
+/// test binary built in another clone must still find this clone's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

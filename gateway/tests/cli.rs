@@ -45,7 +45,7 @@ fn help_is_available_on_every_command() {
 }
 
 fn demo() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo/gateway.toml")
+    manifest_dir().join("../deploy/demo/gateway.toml")
 }
 
 #[test]
@@ -228,4 +228,13 @@ fn set_cursor_on_a_mistyped_path_creates_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("no frame bus in this directory"));
     assert!(!typo.exists(), "set-cursor must not create a bus");
+}
+
+/// This package's directory, read when the test runs (cargo sets it), not
+/// baked in at compile time: the target dir is shared between checkouts, so a
+/// test binary built in another clone must still find this clone's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -41,7 +41,7 @@ pub struct DemoDir {
 
 impl DemoDir {
     pub fn new() -> DemoDir {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo");
+        let src = manifest_dir().join("../deploy/demo");
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("devices")).unwrap();
         std::fs::copy(src.join("gateway.toml"), dir.path().join("gateway.toml")).unwrap();
@@ -238,4 +238,13 @@ pub fn archive_seqs(path: &Path) -> Vec<u64> {
             v["seq"].as_u64().expect("seq")
         })
         .collect()
+}
+
+/// This package's directory, read when the test runs (cargo sets it), not
+/// baked in at compile time: the target dir is shared between checkouts, so a
+/// test binary built in another clone must still find this clone's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
