@@ -8,6 +8,10 @@
 #                                    1k/10k/100k tags/s and at saturation, vs the
 #                                    bus alone (BENCH_SECS, BENCH_DIR:
 #                                    tests/src/bin/runtime_bench.rs)
+#   scripts/bench.sh modbus          the real gateway polling 100 in-process
+#                                    Modbus TCP servers (coalesced vs one request
+#                                    per tag, 10k tags at 1 s) vs bare
+#                                    tokio-modbus clients (tests/src/bin/modbus_bench.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/common.sh
@@ -20,6 +24,12 @@ case "$what" in
         cargo build --release --locked -p gateway -p tests --bins
         export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-runtime-bench}"
         "$CARGO_TARGET_DIR/release/runtime_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
+        ;;
+    modbus)
+        shift
+        cargo build --release --locked -p gateway -p tests --bins
+        export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-modbus-bench}"
+        "$CARGO_TARGET_DIR/release/modbus_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
         ;;
     bus)
         [ $# -gt 0 ] && shift

@@ -23,8 +23,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# (The frame bus foundation needs no network peer; drivers and sinks add
-# theirs here: PostgreSQL, Mosquitto, influxd, VictoriaMetrics, pymodbus, asyncua.)
+# Real peers. The Modbus tests start their own pymodbus servers and socat pty
+# pairs on loopback (tests/tests/common/peers.rs); this installs them.
+ensure_modbus_peer
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::modbus::{ModbusDevice, ModbusTag};
 use crate::simulator::{SimulatorDevice, SimulatorTag};
 use crate::units;
 
@@ -16,13 +17,25 @@ use crate::units;
 pub enum Protocol {
     /// Generated signals: the demo's device and the benchmark workload.
     Simulator,
+    /// Modbus TCP (MBAP framing), `endpoint = "host:port"`.
+    ModbusTcp,
+    /// Modbus RTU on a serial line, `port = "/dev/ttyUSB0"`.
+    ModbusRtu,
+    /// RTU frames over a TCP socket (serial-to-Ethernet converters).
+    ModbusRtuOverTcp,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Simulator => "simulator",
+            Protocol::ModbusTcp => "modbus-tcp",
+            Protocol::ModbusRtu => "modbus-rtu",
+            Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
         }
+    }
+    pub fn is_modbus(self) -> bool {
+        matches!(self, Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp)
     }
 }
 
@@ -108,12 +121,14 @@ impl RetryPolicy {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DriverOptions {
     Simulator(SimulatorDevice),
+    Modbus(ModbusDevice),
 }
 
 /// Protocol-specific keys of a tag.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TagOptions {
     Simulator(SimulatorTag),
+    Modbus(ModbusTag),
 }
 
 /// One device (one file).
@@ -162,6 +177,9 @@ pub struct TagConfig {
     pub max_value: Option<f64>,
     /// A new sample is published only when it moved by more than this.
     pub deadband: Option<f64>,
+    /// With `deadband`: publish at least this often even when unchanged
+    /// (heartbeat), so a quiet value is still seen to be alive.
+    pub max_report_interval: Option<Duration>,
     /// Overrides the device's `scan_interval` for this tag.
     pub scan_rate: Option<Duration>,
     pub enabled: bool,
@@ -194,6 +212,8 @@ pub(crate) struct DeviceCommon {
     #[serde(default)]
     pub description: Option<String>,
     pub protocol: Protocol,
+    /// Required except for `modbus-rtu` (whose `port` is its endpoint).
+    #[serde(default)]
     pub endpoint: String,
     #[serde(default)]
     pub location: Option<String>,
@@ -264,6 +284,7 @@ pub(crate) struct TagCommon {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    #[serde(deserialize_with = "string_or_int")]
     pub address: String,
     pub data_type: DataType,
     #[serde(default, alias = "access_type")]
@@ -280,6 +301,8 @@ pub(crate) struct TagCommon {
     pub max_value: Option<f64>,
     #[serde(default)]
     pub deadband: Option<f64>,
+    #[serde(default, deserialize_with = "units::opt_duration")]
+    pub max_report_interval: Option<Duration>,
     #[serde(default, deserialize_with = "units::opt_duration")]
     pub scan_rate: Option<Duration>,
     #[serde(default = "yes")]
@@ -300,9 +323,28 @@ pub(crate) const TAG_KEYS: &[&str] = &[
     "min_value",
     "max_value",
     "deadband",
+    "max_report_interval",
     "scan_rate",
     "enabled",
 ];
+
+/// An address is a string (`"40001"`, `"sine"`) or, with an explicit
+/// Modbus `table`, a plain integer.
+fn string_or_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Addr {
+        S(String),
+        I(i64),
+    }
+    match Addr::deserialize(d)? {
+        Addr::S(s) => Ok(s),
+        Addr::I(i) if i >= 0 => Ok(i.to_string()),
+        Addr::I(i) => Err(serde::de::Error::custom(format!(
+            "address must not be negative, got {i}"
+        ))),
+    }
+}
 
 #[cfg(test)]
 mod tests {

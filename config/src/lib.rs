@@ -33,6 +33,7 @@ mod device;
 mod error;
 mod gateway;
 mod load;
+pub mod modbus;
 mod simulator;
 pub mod units;
 mod validate;
@@ -48,6 +49,7 @@ pub use gateway::{
     FileSinkConfig, GatewayConfig, HttpConfig, SinkConfig, SinkKind, SupervisorConfig, WalConfig, WalSync,
 };
 pub use load::EnvLookup;
+pub use modbus::{ByteOrder, ModbusDevice, ModbusPoint, ModbusTag, Parity, SerialSettings, Table};
 pub use simulator::{ConstantValue, Generator, SimulatorDevice, SimulatorTag};
 
 use load::{de, parse, read, split, table_value, take_array, take_tables, Source};
@@ -86,6 +88,7 @@ pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigEr
         devices = load_devices(&dir, env, &mut errors);
     }
     validate::devices_unique(&devices, &mut errors);
+    validate::serial_ports(&devices, &mut errors);
     if let (Some(g), Some((src, _))) = (&gateway, &gsrc) {
         validate::gateway(g, src, &mut errors);
         validate::rules(&g.alert_rules, &devices, src, &mut errors);
@@ -268,15 +271,15 @@ fn load_device(
     let raw_tags = take_array(&src, &mut t, "tags", errors);
     let (common, rest) = split(t, device::DEVICE_KEYS);
     let common: Option<device::DeviceCommon> = de(&src, table_value(span.clone(), common), "", None, errors);
-    let driver = common.as_ref().and_then(|c| match c.protocol {
-        Protocol::Simulator => de(
-            &src,
-            table_value(span.clone(), rest),
-            "",
-            Some(device::DEVICE_KEYS),
-            errors,
-        )
-        .map(DriverOptions::Simulator),
+    let driver = common.as_ref().and_then(|c| {
+        let rest = table_value(span.clone(), rest);
+        let keys = Some(device::DEVICE_KEYS);
+        match c.protocol {
+            Protocol::Simulator => de(&src, rest, "", keys, errors).map(DriverOptions::Simulator),
+            Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => {
+                de(&src, rest, "", keys, errors).map(DriverOptions::Modbus)
+            }
+        }
     });
     let mut tags = Vec::with_capacity(raw_tags.len());
     let mut tags_ok = true;
@@ -289,15 +292,15 @@ fn load_device(
         };
         let (tc, trest) = split(table, device::TAG_KEYS);
         let tc: Option<device::TagCommon> = de(&src, table_value(vspan.clone(), tc), &base, None, errors);
-        let topt = common.as_ref().and_then(|c| match c.protocol {
-            Protocol::Simulator => de(
-                &src,
-                table_value(vspan, trest),
-                &base,
-                Some(device::TAG_KEYS),
-                errors,
-            )
-            .map(TagOptions::Simulator),
+        let topt = common.as_ref().and_then(|c| {
+            let rest = table_value(vspan, trest);
+            let keys = Some(device::TAG_KEYS);
+            match c.protocol {
+                Protocol::Simulator => de(&src, rest, &base, keys, errors).map(TagOptions::Simulator),
+                Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => {
+                    de(&src, rest, &base, keys, errors).map(TagOptions::Modbus)
+                }
+            }
         });
         if let (Some(c), Some(driver)) = (tc, topt) {
             tags.push(TagConfig {
@@ -312,6 +315,7 @@ fn load_device(
                 min_value: c.min_value,
                 max_value: c.max_value,
                 deadband: c.deadband,
+                max_report_interval: c.max_report_interval,
                 scan_rate: c.scan_rate,
                 enabled: c.enabled,
                 driver,
@@ -324,12 +328,17 @@ fn load_device(
     if !tags_ok {
         return None;
     }
+    // A serial device's endpoint is its port.
+    let endpoint = match (&driver, c.endpoint.is_empty()) {
+        (DriverOptions::Modbus(m), true) => m.port.clone().unwrap_or_default(),
+        _ => c.endpoint,
+    };
     let device = DeviceConfig {
         file: path.to_path_buf(),
         name: c.name,
         description: c.description,
         protocol: c.protocol,
-        endpoint: c.endpoint,
+        endpoint,
         location: c.location,
         enabled: c.enabled,
         scan_interval: c.scan_interval,

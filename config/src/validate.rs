@@ -10,6 +10,7 @@ use crate::device::{DataType, DeviceConfig, DriverOptions, TagConfig, TagOptions
 use crate::error::ConfigError;
 use crate::gateway::{GatewayConfig, SinkKind};
 use crate::load::Source;
+use crate::modbus::{self, ModbusDevice};
 use crate::simulator::{ConstantValue, Generator};
 
 pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigError>) {
@@ -81,10 +82,12 @@ pub(crate) fn device(d: &DeviceConfig, src: &Source, errors: &mut Vec<ConfigErro
     let mut e = |key: &str, msg: String| errors.push(src.error(key, msg));
     check_name(&mut e, "name", &d.name, "device name");
     if d.endpoint.trim().is_empty() {
-        e(
-            "endpoint",
-            "must not be empty (seed CHECK devices_endpoint_not_empty)".into(),
-        );
+        let what = if d.protocol == crate::Protocol::ModbusRtu {
+            "a modbus-rtu device needs `port` (the serial device, e.g. \"/dev/ttyUSB0\")"
+        } else {
+            "must not be empty (seed CHECK devices_endpoint_not_empty)"
+        };
+        e("endpoint", what.into());
     }
     positive(&mut e, "scan_interval", d.scan_interval);
     positive(&mut e, "timeout", d.timeout);
@@ -110,6 +113,7 @@ pub(crate) fn device(d: &DeviceConfig, src: &Source, errors: &mut Vec<ConfigErro
                 e("error_burst", "must be > 0 polls".into());
             }
         }
+        DriverOptions::Modbus(m) => modbus_device(d, m, &mut e),
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, t) in d.tags.iter().enumerate() {
@@ -121,6 +125,9 @@ pub(crate) fn device(d: &DeviceConfig, src: &Source, errors: &mut Vec<ConfigErro
             );
         }
         tag(t, &base, &mut e);
+        if let (DriverOptions::Modbus(m), TagOptions::Modbus(o)) = (&d.driver, &t.driver) {
+            modbus_tag(m, t, o, &base, &mut e);
+        }
     }
     if d.tags.is_empty() {
         e("tags", "a device needs at least one [[tags]] entry".into());
@@ -218,6 +225,126 @@ fn tag(t: &TagConfig, base: &str, e: &mut impl FnMut(&str, String)) {
                         }
                     }
                 }
+            }
+        }
+        // Needs the device's options: checked by `modbus_tag`.
+        TagOptions::Modbus(_) => {}
+    }
+}
+
+fn modbus_device(d: &DeviceConfig, m: &ModbusDevice, e: &mut impl FnMut(&str, String)) {
+    use crate::Protocol;
+    let serial_keys = [
+        ("port", m.port.is_some()),
+        ("baud_rate", m.baud_rate.is_some()),
+        ("data_bits", m.data_bits.is_some()),
+        ("parity", m.parity.is_some()),
+        ("stop_bits", m.stop_bits.is_some()),
+    ];
+    if d.protocol != Protocol::ModbusTcp && !(1..=247).contains(&m.unit_id) {
+        e("unit_id", format!("must be 1..=247 for RTU addressing, got {}", m.unit_id));
+    }
+    if d.protocol == Protocol::ModbusRtu {
+        match &m.port {
+            None if !d.endpoint.trim().is_empty() => e(
+                "endpoint",
+                "a modbus-rtu device is addressed by `port = \"/dev/ttyUSB0\"`, not `endpoint`".into(),
+            ),
+            Some(p) if p != &d.endpoint => {
+                e("endpoint", "a modbus-rtu device is addressed by `port`; leave `endpoint` out".into())
+            }
+            _ => {}
+        }
+        if m.baud_rate == Some(0) {
+            e("baud_rate", "must be > 0".into());
+        }
+        if m.data_bits.is_some_and(|b| !(5..=8).contains(&b)) {
+            e("data_bits", "must be 5, 6, 7 or 8".into());
+        }
+        if m.stop_bits.is_some_and(|b| !(1..=2).contains(&b)) {
+            e("stop_bits", "must be 1 or 2".into());
+        }
+    } else {
+        for (key, set) in serial_keys {
+            if set {
+                e(key, format!("is a serial-line key; {} devices use `endpoint`", d.protocol.as_str()));
+            }
+        }
+        if d.endpoint.contains("://") || d.endpoint.contains('/') {
+            e("endpoint", format!("{:?} is not host:port (no scheme or path)", d.endpoint));
+        } else if let Some((host, port)) = d.endpoint.rsplit_once(':') {
+            if port.parse::<u16>().is_err() || host.is_empty() {
+                e(
+                    "endpoint",
+                    format!("{:?} is not host:port (IPv6: \"[::1]:502\")", d.endpoint),
+                );
+            }
+        }
+    }
+    if m.address_base.is_some_and(|b| b > 1) {
+        e("address_base", "must be 0 or 1".into());
+    }
+    if !(1..=125).contains(&m.max_registers_per_request) {
+        e("max_registers_per_request", "must be 1..=125 (the Modbus limit for FC3/FC4)".into());
+    }
+    if !(1..=2000).contains(&m.max_bits_per_request) {
+        e("max_bits_per_request", "must be 1..=2000 (the Modbus limit for FC1/FC2)".into());
+    }
+}
+
+fn modbus_tag(
+    m: &ModbusDevice,
+    t: &TagConfig,
+    o: &modbus::ModbusTag,
+    base: &str,
+    e: &mut impl FnMut(&str, String),
+) {
+    match modbus::resolve(m, t, o) {
+        Err((key, msg)) => e(&format!("{base}.{key}"), msg),
+        Ok(p) => {
+            let limit = if p.table.is_bits() {
+                m.max_bits_per_request
+            } else {
+                m.max_registers_per_request
+            };
+            if p.count > limit {
+                let key = if o.length.is_some() { "length" } else { "data_type" };
+                e(
+                    &format!("{base}.{key}"),
+                    format!("{} registers do not fit one request (max_registers_per_request = {limit})", p.count),
+                );
+            }
+            if t.access != crate::Access::Read && matches!(p.table, modbus::Table::Input | modbus::Table::DiscreteInput) {
+                e(
+                    &format!("{base}.access"),
+                    format!("{} is a read-only table; only coils and holding registers can be written", p.table.as_str()),
+                );
+            }
+        }
+    }
+}
+
+/// Devices that share one serial port must agree on its line settings.
+pub(crate) fn serial_ports(devices: &[(DeviceConfig, Source)], errors: &mut Vec<ConfigError>) {
+    let mut seen: HashMap<String, (&str, crate::SerialSettings)> = HashMap::new();
+    for (d, src) in devices {
+        let DriverOptions::Modbus(m) = &d.driver else { continue };
+        if d.protocol != crate::Protocol::ModbusRtu {
+            continue;
+        }
+        let Some(s) = m.serial() else { continue };
+        match seen.get(&s.port) {
+            Some((other, first)) if *first != s => errors.push(src.error(
+                "port",
+                format!(
+                    "{} is shared with device {other:?}, which sets different line settings \
+                     ({} baud, {} data bits, {:?} parity, {} stop bits); devices on one port must agree",
+                    s.port, first.baud_rate, first.data_bits, first.parity, first.stop_bits
+                ),
+            )),
+            Some(_) => {}
+            None => {
+                seen.insert(s.port.clone(), (d.name.as_str(), s));
             }
         }
     }

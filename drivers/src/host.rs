@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use proto::DataFrame;
+use proto::{DataFrame, EventFrame};
 
 /// Why a poll failed (the `kind` label of `gateway_device_errors_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -12,10 +12,14 @@ pub enum ErrorKind {
     Timeout,
     /// No connection (refused, reset, serial port gone).
     Connection,
-    /// The reply was malformed (wrong length, bad CRC, undecodable payload).
+    /// The reply was malformed (wrong length or function, undecodable
+    /// payload; a frame with a bad CRC is dropped and ends as a timeout).
     Protocol,
-    /// The device answered with an error (e.g. a Modbus exception).
+    /// The device reported a fault (the simulator's error bursts).
     Device,
+    /// The device answered with a protocol exception (Modbus exception
+    /// code in [`PollError::code`]).
+    Exception,
     /// The bus refused the frame (disk full, closed).
     Bus,
 }
@@ -27,19 +31,44 @@ impl ErrorKind {
             ErrorKind::Connection => "connection",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Device => "device",
+            ErrorKind::Exception => "exception",
             ErrorKind::Bus => "bus",
         }
     }
 }
 
+/// One failed request of a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollError {
+    pub kind: ErrorKind,
+    /// The sample `error_code` of the failure: a Modbus exception code,
+    /// or the driver's negative code for timeout/connection/malformed
+    /// (`drivers::modbus::{TIMEOUT, CONNECTION, MALFORMED}`); 0 when none.
+    pub code: i32,
+}
+
 /// One finished poll cycle.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PollReport {
     pub duration: Duration,
     /// Samples in the published frame (after deadband).
     pub samples: usize,
-    /// `None` when every read succeeded.
-    pub error: Option<ErrorKind>,
+    /// Requests sent to the device (0 for drivers without requests).
+    pub requests: u32,
+    /// Samples withheld by their deadband.
+    pub suppressed: u32,
+    /// Scheduled polls of this group that were skipped because the
+    /// previous one overran its period.
+    pub skipped_ticks: u32,
+    /// One entry per failed request; empty when every read succeeded.
+    pub errors: Vec<PollError>,
+}
+
+impl PollReport {
+    /// The first failure, if any.
+    pub fn error(&self) -> Option<ErrorKind> {
+        self.errors.first().map(|e| e.kind)
+    }
 }
 
 /// The bus refused a frame.
@@ -65,8 +94,12 @@ pub trait DriverHost: Send + Sync + 'static {
     /// Appends one poll cycle to the bus; resolves when the bus accepted it
     /// with its configured durability.
     fn publish(&self, frame: DataFrame) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Appends an event (device status change) to the bus.
+    fn publish_event(&self, event: EventFrame) -> impl Future<Output = Result<(), HostError>> + Send;
     /// Called after every poll cycle.
     fn poll_finished(&self, report: &PollReport);
-    /// The device became reachable (`true`) or unreachable (`false`).
+    /// The device became reachable (`true`) or unreachable (`false`);
+    /// drivers publish the matching `DEVICE_STATUS_CHANGED` event through
+    /// their pipeline, in order with their data.
     fn connection_changed(&self, up: bool);
 }

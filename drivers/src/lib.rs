@@ -1,5 +1,6 @@
-//! Gateway_Rust device drivers (simulator now; Modbus TCP/RTU, OPC-UA and
-//! MQTT with their issues): device I/O in, `proto::DataFrame`s out.
+//! Gateway_Rust device drivers (simulator, Modbus TCP/RTU/RTU-over-TCP;
+//! OPC-UA and MQTT with their issues): device I/O in, `proto::DataFrame`s
+//! and device status events out, tag writes in through a [`write::WriteQueue`].
 //!
 //! # Contract
 //! - A driver runs as one task per device ([`run_device`]) and hands every
@@ -17,14 +18,22 @@
 //! - A malformed device reply is counted ([`PollReport`]) and skipped; no
 //!   input from a device can panic a driver. A driver returns `Err` only
 //!   when it cannot go on (the supervisor restarts it with backoff).
+//! - Status: a driver calls [`DriverHost::connection_changed`] and queues a
+//!   `DEVICE_STATUS_CHANGED` event ([`status`]) when its device goes
+//!   Online or Offline, in order with its data frames.
+//! - Writes arrive on the device's [`write::WriteQueue`]; every request is
+//!   answered, by drivers that cannot write with `Unsupported`.
 //! - Drivers stop at their next await point once `shutdown` turns true.
 
 mod host;
+pub mod modbus;
 pub mod pipeline;
 pub mod sample;
 pub mod simulator;
+pub mod status;
+pub mod write;
 
-pub use host::{DriverError, DriverHost, ErrorKind, HostError, PollReport};
+pub use host::{DriverError, DriverHost, ErrorKind, HostError, PollError, PollReport};
 
 use std::sync::Arc;
 
@@ -37,8 +46,10 @@ pub async fn run_device<H: DriverHost>(
     device: Arc<DeviceConfig>,
     host: H,
     shutdown: watch::Receiver<bool>,
+    writes: write::WriteQueue,
 ) -> Result<(), DriverError> {
     match &device.driver {
-        DriverOptions::Simulator(_) => simulator::run(device.clone(), host, shutdown).await,
+        DriverOptions::Simulator(_) => simulator::run(device.clone(), host, shutdown, writes).await,
+        DriverOptions::Modbus(_) => modbus::run(device.clone(), host, shutdown, writes).await,
     }
 }

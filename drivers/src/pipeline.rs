@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use proto::DataFrame;
+use proto::{DataFrame, EventFrame};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -19,17 +19,27 @@ use crate::{DriverError, DriverHost, HostError};
 /// Frames a device may have queued for the bus.
 pub const DEPTH: usize = 32;
 
+/// What a driver hands to the bus, in order.
+#[derive(Debug)]
+pub enum Publication {
+    Data(DataFrame),
+    Event(EventFrame),
+}
+
 pub struct Pipeline {
-    tx: Option<mpsc::Sender<DataFrame>>,
+    tx: Option<mpsc::Sender<Publication>>,
     task: Option<JoinHandle<Result<(), HostError>>>,
 }
 
 impl Pipeline {
     pub fn new<H: DriverHost>(host: Arc<H>) -> Pipeline {
-        let (tx, mut rx) = mpsc::channel::<DataFrame>(DEPTH);
+        let (tx, mut rx) = mpsc::channel::<Publication>(DEPTH);
         let task = tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                host.publish(frame).await?;
+            while let Some(p) = rx.recv().await {
+                match p {
+                    Publication::Data(frame) => host.publish(frame).await?,
+                    Publication::Event(event) => host.publish_event(event).await?,
+                }
             }
             Ok(())
         });
@@ -42,8 +52,17 @@ impl Pipeline {
     /// Queues a frame; waits only while the queue is full. Fails with the
     /// publisher's error once the bus refused a frame.
     pub async fn send(&mut self, frame: DataFrame) -> Result<(), DriverError> {
+        self.push(Publication::Data(frame)).await
+    }
+
+    /// Queues an event behind the frames already queued.
+    pub async fn send_event(&mut self, event: EventFrame) -> Result<(), DriverError> {
+        self.push(Publication::Event(event)).await
+    }
+
+    async fn push(&mut self, p: Publication) -> Result<(), DriverError> {
         let sent = match &self.tx {
-            Some(tx) => tx.send(frame).await.is_ok(),
+            Some(tx) => tx.send(p).await.is_ok(),
             None => false,
         };
         if sent {

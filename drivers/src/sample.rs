@@ -96,27 +96,109 @@ pub fn failed(tag: &TagConfig, error_code: i32, ts_ns: u64) -> Sample {
     }
 }
 
-/// Remembers the last published sample of one tag to apply its deadband.
+/// Remembers the last published sample of one tag to apply its deadband
+/// and heartbeat (`max_report_interval`).
 #[derive(Debug, Default, Clone)]
 pub struct Deadband {
-    last: Option<(Option<f64>, i32)>,
+    /// (numeric value, quality, source time) of the last published sample.
+    last: Option<(Option<f64>, i32, u64)>,
 }
 
 impl Deadband {
     /// Whether `s` should be published: always when the quality changed, the
-    /// value is not numeric or the tag has no deadband; otherwise only when
-    /// it moved by more than `deadband` from the last published value.
+    /// value is not numeric or the tag has no deadband; otherwise when it
+    /// moved by more than `deadband` from the last published value, or when
+    /// `max_report_interval` passed since then.
     pub fn admit(&mut self, tag: &TagConfig, s: &Sample) -> bool {
         let v = s.value.as_ref().and_then(numeric);
         let admit = match (tag.deadband, self.last, v) {
-            (Some(db), Some((Some(prev), q)), Some(v)) if q == s.quality && db > 0.0 => (v - prev).abs() > db,
+            (Some(db), Some((Some(prev), q, ts)), Some(v)) if q == s.quality && db > 0.0 => {
+                let heartbeat = tag
+                    .max_report_interval
+                    .is_some_and(|i| s.source_ts_ns.saturating_sub(ts) >= u64::try_from(i.as_nanos()).unwrap_or(u64::MAX));
+                heartbeat || (v - prev).abs() > db
+            }
             _ => true,
         };
         if admit {
-            self.last = Some((v, s.quality));
+            self.last = Some((v, s.quality, s.source_ts_ns));
         }
         admit
     }
+}
+
+/// The raw value to write for an engineering `value` of `tag`: inverse
+/// scaling (`raw = (value - offset) / scaling`), then an exact conversion
+/// to the tag's type. Out-of-range and fractional values for integer tags
+/// are refused, never clamped: a write must not silently change a set-point.
+pub fn raw_for_write(tag: &TagConfig, value: &Value) -> Result<Raw, String> {
+    use DataType::*;
+    let kind = value.kind.as_ref().ok_or("no value")?;
+    match (tag.data_type, kind) {
+        (Boolean, Kind::BoolValue(b)) => return Ok(Raw::Bool(*b)),
+        (Boolean, _) => {
+            return match numeric(value) {
+                Some(f) if f == 0.0 || f == 1.0 => Ok(Raw::Bool(f == 1.0)),
+                _ => Err("a bool tag takes true/false (or 0/1)".into()),
+            }
+        }
+        (String, Kind::StringValue(s)) => return Ok(Raw::String(s.clone())),
+        (ByteArray, Kind::BytesValue(b)) => return Ok(Raw::Bytes(b.to_vec())),
+        (String | ByteArray | DateTime, _) => {
+            return Err(format!("a {:?} tag takes a {:?} value", tag.data_type, tag.data_type))
+        }
+        _ => {}
+    }
+    let identity = tag.scaling == 1.0 && tag.offset == 0.0;
+    // Integers without scaling stay exact (no f64 round trip for 64-bit values).
+    if identity {
+        match kind {
+            Kind::IntValue(i) => return int_raw(tag.data_type, i128::from(*i)),
+            Kind::UintValue(u) => return int_raw(tag.data_type, i128::from(*u)),
+            _ => {}
+        }
+    }
+    let eng = numeric(value).ok_or("not a number")?;
+    if !eng.is_finite() {
+        return Err(format!("{eng} is not a finite number"));
+    }
+    let raw = (eng - tag.offset) / tag.scaling;
+    match tag.data_type {
+        Float => Ok(Raw::Float(raw)),
+        Double => Ok(Raw::Float(raw)),
+        _ => {
+            let r = raw.round();
+            if (raw - r).abs() > 1e-9 * raw.abs().max(1.0) {
+                return Err(format!("{eng} is not representable: raw value {raw} is not an integer"));
+            }
+            // Beyond ±2^63 the conversion saturates and int_raw refuses it.
+            int_raw(tag.data_type, r as i128)
+        }
+    }
+}
+
+fn int_raw(dt: DataType, v: i128) -> Result<Raw, String> {
+    use DataType::*;
+    let (lo, hi): (i128, i128) = match dt {
+        Int8 => (i8::MIN.into(), i8::MAX.into()),
+        Int16 => (i16::MIN.into(), i16::MAX.into()),
+        Int32 => (i32::MIN.into(), i32::MAX.into()),
+        Int64 => (i64::MIN.into(), i64::MAX.into()),
+        UInt8 => (0, u8::MAX.into()),
+        UInt16 => (0, u16::MAX.into()),
+        UInt32 => (0, u32::MAX.into()),
+        UInt64 => (0, u64::MAX.into()),
+        Float | Double => return Ok(Raw::Float(v as f64)),
+        _ => return Err(format!("{dt:?} is not numeric")),
+    };
+    if v < lo || v > hi {
+        return Err(format!("raw value {v} is out of range for {dt:?} ({lo}..={hi})"));
+    }
+    Ok(if lo < 0 {
+        Raw::Int(v as i64)
+    } else {
+        Raw::UInt(v as u64)
+    })
 }
 
 /// Converts an f64 into the raw type of `data_type` (saturating, rounding).
@@ -137,5 +219,66 @@ pub fn raw_for(data_type: DataType, v: f64) -> Raw {
         Double => Raw::Float(v),
         String => Raw::String(format!("{v}")),
         ByteArray => Raw::Bytes(v.to_be_bytes().to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn tag(dt: DataType, scaling: f64, offset: f64) -> TagConfig {
+        TagConfig {
+            name: "t".into(),
+            description: None,
+            address: "40001".into(),
+            data_type: dt,
+            access: config::Access::ReadWrite,
+            unit: None,
+            scaling,
+            offset,
+            min_value: None,
+            max_value: None,
+            deadband: None,
+            max_report_interval: None,
+            scan_rate: None,
+            enabled: true,
+            driver: config::TagOptions::Modbus(config::ModbusTag::default()),
+        }
+    }
+
+    #[test]
+    fn writes_invert_scaling_and_refuse_what_does_not_fit() {
+        let t = tag(DataType::UInt16, 0.1, -10.0);
+        assert_eq!(raw_for_write(&t, &Value::float(32.5)), Ok(Raw::UInt(425)));
+        assert!(raw_for_write(&t, &Value::float(7000.0)).is_err(), "70100 > u16::MAX");
+        assert!(raw_for_write(&t, &Value::float(-20.0)).is_err(), "negative raw");
+        assert!(raw_for_write(&t, &Value::float(1.23)).is_err(), "112.3 is not an integer");
+        assert!(raw_for_write(&t, &Value::float(f64::NAN)).is_err());
+        assert!(raw_for_write(&t, &Value::string("1")).is_err());
+        let exact = tag(DataType::UInt64, 1.0, 0.0);
+        assert_eq!(raw_for_write(&exact, &Value::uint(u64::MAX)), Ok(Raw::UInt(u64::MAX)));
+        assert!(raw_for_write(&exact, &Value::int(-1)).is_err());
+        let b = tag(DataType::Boolean, 1.0, 0.0);
+        assert_eq!(raw_for_write(&b, &Value::bool(true)), Ok(Raw::Bool(true)));
+        assert_eq!(raw_for_write(&b, &Value::int(0)), Ok(Raw::Bool(false)));
+        assert!(raw_for_write(&b, &Value::int(2)).is_err());
+        let f = tag(DataType::Float, 2.0, 0.0);
+        assert_eq!(raw_for_write(&f, &Value::float(3.0)), Ok(Raw::Float(1.5)));
+    }
+
+    #[test]
+    fn deadband_heartbeat_republishes_a_quiet_value() {
+        let mut t = tag(DataType::Double, 1.0, 0.0);
+        t.deadband = Some(1.0);
+        t.max_report_interval = Some(Duration::from_secs(10));
+        let s = |v: f64, ts_s: u64| reading(&t, Raw::Float(v), ts_s * 1_000_000_000);
+        let mut db = Deadband::default();
+        assert!(db.admit(&t, &s(5.0, 0)));
+        assert!(!db.admit(&t, &s(5.5, 1)), "inside the deadband");
+        assert!(db.admit(&t, &s(6.1, 2)), "moved by more than 1");
+        assert!(!db.admit(&t, &s(6.1, 11)), "9 s since the last publish");
+        assert!(db.admit(&t, &s(6.1, 12)), "heartbeat after 10 s");
+        assert!(db.admit(&t, &failed(&t, 2, 13)), "quality change");
     }
 }

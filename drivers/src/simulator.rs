@@ -22,7 +22,8 @@ use tokio::time::Instant;
 
 use crate::pipeline::Pipeline;
 use crate::sample::{self, Deadband, Raw};
-use crate::{DriverError, DriverHost, ErrorKind, PollReport};
+use crate::write::{WriteQueue, WriteResult, WriteStatus};
+use crate::{DriverError, DriverHost, ErrorKind, PollError, PollReport};
 
 /// `error_code` of samples in a simulated error burst.
 pub const SIMULATED_FAULT: i32 = 1;
@@ -38,6 +39,8 @@ struct TagState {
 struct Group {
     period: Duration,
     next: Instant,
+    /// Ticks skipped after the last poll overran, reported with the next.
+    skipped: u32,
     tags: Vec<TagState>,
 }
 
@@ -49,7 +52,9 @@ fn now_ns() -> u64 {
 
 impl TagState {
     fn new(tag: &TagConfig) -> Option<TagState> {
-        let TagOptions::Simulator(opts) = &tag.driver;
+        let TagOptions::Simulator(opts) = &tag.driver else {
+            return None;
+        };
         Some(TagState {
             generator: Generator::parse(&tag.address)?,
             walk: opts.base,
@@ -61,7 +66,9 @@ impl TagState {
 
     /// The next raw reading.
     fn generate(&mut self, rng: &mut fastrand::Rng, ts_ns: u64) -> Raw {
-        let TagOptions::Simulator(o) = &self.tag.driver;
+        let TagOptions::Simulator(o) = &self.tag.driver else {
+            return Raw::Float(0.0);
+        };
         let phase = || {
             let p = o.period.as_nanos().max(1);
             (u128::from(ts_ns) % p) as f64 / p as f64
@@ -111,8 +118,16 @@ pub async fn run<H: DriverHost>(
     device: Arc<DeviceConfig>,
     host: H,
     mut shutdown: watch::Receiver<bool>,
+    writes: WriteQueue,
 ) -> Result<(), DriverError> {
-    let DriverOptions::Simulator(opts) = &device.driver;
+    let DriverOptions::Simulator(opts) = &device.driver else {
+        return Err(DriverError::Device {
+            device: device.name.clone(),
+            message: "not a simulator device".into(),
+        });
+    };
+    let mut writes = writes.lock_owned().await;
+    let mut writes_open = true;
     let mut rng = opts
         .seed
         .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
@@ -134,6 +149,7 @@ pub async fn run<H: DriverHost>(
         .map(|(period, tags)| Group {
             period,
             next: start,
+            skipped: 0,
             tags,
         })
         .collect();
@@ -165,8 +181,22 @@ pub async fn run<H: DriverHost>(
                 }
                 continue;
             }
+            w = writes.recv(), if writes_open => {
+                match w {
+                    Some(w) => {
+                        let _ = w.reply.send(WriteResult::failed(
+                            WriteStatus::Unsupported,
+                            0,
+                            "the simulator generates its values; it does not accept writes",
+                        ));
+                    }
+                    None => writes_open = false,
+                }
+                continue;
+            }
         }
         let t0 = Instant::now();
+        let skipped = std::mem::take(&mut groups[gi].skipped);
         if burst_left == 0 && opts.error_rate > 0.0 && rng.f64() < opts.error_rate {
             burst_left = opts.error_burst;
         }
@@ -188,27 +218,37 @@ pub async fn run<H: DriverHost>(
         }
         let duration = t0.elapsed();
         let n = samples.len();
-        let mut error = failing.then_some(ErrorKind::Device);
+        let mut report = PollReport {
+            duration,
+            samples: n,
+            suppressed: u32::try_from(group.tags.len() - n).unwrap_or(u32::MAX),
+            skipped_ticks: skipped,
+            errors: if failing {
+                vec![PollError {
+                    kind: ErrorKind::Device,
+                    code: SIMULATED_FAULT,
+                }]
+            } else {
+                Vec::new()
+            },
+            ..PollReport::default()
+        };
         if n > 0 {
             let frame = DataFrame {
                 device_id: device.name.clone(),
                 samples,
             };
             if let Err(e) = pipeline.send(frame).await {
-                error = Some(ErrorKind::Bus);
-                host.poll_finished(&PollReport {
-                    duration,
-                    samples: 0,
-                    error,
+                report.samples = 0;
+                report.errors.push(PollError {
+                    kind: ErrorKind::Bus,
+                    code: 0,
                 });
+                host.poll_finished(&report);
                 return Err(e);
             }
         }
-        host.poll_finished(&PollReport {
-            duration,
-            samples: n,
-            error,
-        });
+        host.poll_finished(&report);
         // Next tick: the next multiple of the period after now (skip missed ones).
         let now = Instant::now();
         let period = group.period;
@@ -217,6 +257,7 @@ pub async fn run<H: DriverHost>(
             let behind = now.duration_since(group.next).as_nanos() / period.as_nanos().max(1);
             let skip = u32::try_from(behind + 1).unwrap_or(u32::MAX);
             group.next += period.saturating_mul(skip);
+            group.skipped = skip;
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drivers::{DriverHost, ErrorKind, HostError, PollReport};
-use proto::{value::Kind, DataFrame, Quality};
+use proto::{value::Kind, DataFrame, EventFrame, Quality};
 use tokio::sync::watch;
 
 #[derive(Clone, Default)]
@@ -26,6 +26,9 @@ impl DriverHost for Recorder {
             });
         }
         self.frames.lock().unwrap().push(frame);
+        Ok(())
+    }
+    async fn publish_event(&self, _event: EventFrame) -> Result<(), HostError> {
         Ok(())
     }
     fn poll_finished(&self, report: &PollReport) {
@@ -54,7 +57,7 @@ async fn run_for(
     t: Duration,
 ) -> Result<(), drivers::DriverError> {
     let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(drivers::run_device(d, host, rx));
+    let task = tokio::spawn(drivers::run_device(d, host, rx, drivers::write::write_queue().1));
     tokio::time::sleep(t).await;
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)
@@ -163,7 +166,7 @@ max_value = 1.0
         assert!((-1.0..=1.0).contains(&f), "{f}");
     }
     let polls = host.polls.lock().unwrap();
-    assert!(polls.iter().all(|p| p.error.is_none() && p.samples == 5));
+    assert!(polls.iter().all(|p| p.error().is_none() && p.samples == 5));
 }
 
 #[tokio::test]
@@ -226,7 +229,7 @@ data_type = "Float"
         .lock()
         .unwrap()
         .iter()
-        .all(|p| p.error == Some(ErrorKind::Device)));
+        .all(|p| p.error() == Some(ErrorKind::Device)));
 }
 
 #[tokio::test]
@@ -239,13 +242,13 @@ async fn a_refused_publish_ends_the_driver_with_an_error() {
         ..Recorder::default()
     };
     let (_stop, rx) = watch::channel(false);
-    let r = tokio::time::timeout(Duration::from_secs(5), drivers::run_device(d, host.clone(), rx))
+    let r = tokio::time::timeout(Duration::from_secs(5), drivers::run_device(d, host.clone(), rx, drivers::write::write_queue().1))
         .await
         .expect("returns");
     assert!(matches!(r, Err(drivers::DriverError::Publish(_))), "{r:?}");
     // The poll whose frame could not be handed to the bus reports it.
     assert_eq!(
-        host.polls.lock().unwrap().last().unwrap().error,
+        host.polls.lock().unwrap().last().unwrap().error(),
         Some(ErrorKind::Bus)
     );
 }

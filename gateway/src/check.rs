@@ -7,7 +7,7 @@ use config::SinkKind;
 
 use crate::Failure;
 
-pub fn run(path: &Path) -> Result<(), Failure> {
+pub fn run(path: &Path, plan: bool) -> Result<(), Failure> {
     let c = crate::load_config(path)?;
     let g = &c.gateway;
     let tags: usize = c.devices.iter().map(|d| d.tags.len()).sum();
@@ -33,7 +33,7 @@ pub fn run(path: &Path) -> Result<(), Failure> {
     );
     for d in &c.devices {
         println!(
-            "  {:<20} {:<10} {:<28} {:>3} tags  scan {:<6} {}{}",
+            "  {:<20} {:<19} {:<28} {:>3} tags  scan {:<6} {}{}",
             d.name,
             d.protocol.as_str(),
             d.endpoint,
@@ -42,6 +42,9 @@ pub fn run(path: &Path) -> Result<(), Failure> {
             d.location.as_deref().unwrap_or(""),
             if d.enabled { "" } else { "  (disabled)" }
         );
+    }
+    if plan {
+        print_plans(&c.devices);
     }
     println!("sinks        {}", g.sinks.len());
     for (name, s) in &g.sinks {
@@ -74,4 +77,41 @@ pub fn run(path: &Path) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+/// `--plan`: the reads each Modbus device sends per poll.
+fn print_plans(devices: &[config::DeviceConfig]) {
+    for d in devices {
+        let config::DriverOptions::Modbus(m) = &d.driver else {
+            continue;
+        };
+        match drivers::modbus::plan::plan(d, m) {
+            Err(e) => println!("  plan of {}: {e}", d.name),
+            Ok(p) => {
+                println!(
+                    "  plan of {} (unit {}): {} requests for {} tags",
+                    d.name,
+                    m.unit_id,
+                    p.requests(),
+                    p.tags()
+                );
+                for g in &p.groups {
+                    println!("    every {}:", format_duration(g.period));
+                    for r in &g.requests {
+                        let names: Vec<&str> = r
+                            .tags
+                            .iter()
+                            .filter_map(|(i, _)| d.tags.get(*i).map(|t| t.name.as_str()))
+                            .collect();
+                        let shown = if names.len() > 6 {
+                            format!("{}, … {} more", names[..5].join(", "), names.len() - 5)
+                        } else {
+                            names.join(", ")
+                        };
+                        println!("      {r}: {shown}");
+                    }
+                }
+            }
+        }
+    }
 }

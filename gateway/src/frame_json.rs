@@ -42,7 +42,7 @@ pub fn frame(f: &FrameEnvelope) -> Json {
         Ok(FrameType::Event) => f.event_frame().map(|e| {
             json!({
                 "event_id": e.event_id,
-                "kind": e.kind,
+                "kind": proto::EventKind::try_from(e.kind).map_or("UNKNOWN", |k| k.as_str_name()),
                 "device": e.device_id,
                 "tag": e.tag,
                 "rule_id": e.rule_id,
@@ -54,7 +54,16 @@ pub fn frame(f: &FrameEnvelope) -> Json {
                 "attributes": e.attributes,
             })
         }),
-        Ok(FrameType::Command) => f.command_frame().map(|c| json!({ "command": format!("{c:?}") })),
+        Ok(FrameType::Command) => f.command_frame().map(|c| {
+            json!({
+                "command_id": c.command_id,
+                "device": c.device_id,
+                "tag": c.tag,
+                "value": c.value.as_ref().map_or(Json::Null, value_json),
+                "issued_ts_ns": c.issued_ts_ns,
+                "origin": c.origin,
+            })
+        }),
         _ => Ok(json!({ "bytes": f.data.len() })),
     };
     if let Json::Object(m) = &mut out {

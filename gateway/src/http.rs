@@ -1,20 +1,23 @@
 //! HTTP: `/metrics` (OpenMetrics text), `/healthz` (process alive),
 //! `/readyz` (WAL open and drivers started; 503 before that and while
-//! shutting down) and `/api/v1/status` (JSON). When `[http] token` is set,
+//! shutting down), `/api/v1/status` (JSON) and
+//! `POST /api/v1/devices/{device}/tags/{tag}/write` with `{"value": …}`
+//! (a tag write, see [`crate::commands`]). When `[http] token` is set,
 //! `/api/*` requires `Authorization: Bearer <token>`; metrics and health
 //! stay open (bind to loopback, the default, to keep them local).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use frame_bus::FrameBus;
 
+use crate::commands::{self, CommandError, Writers};
 use crate::metrics::Metrics;
 use crate::status::Status;
 
@@ -25,11 +28,13 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
     pub token: Option<Arc<str>>,
+    pub writers: Arc<Writers>,
 }
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/status", get(status))
+        .route("/api/v1/devices/{device}/tags/{tag}/write", post(write))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/metrics", get(metrics))
@@ -61,6 +66,80 @@ async fn readyz(State(s): State<AppState>) -> Response {
 
 async fn status(State(s): State<AppState>) -> Response {
     Json(s.status.to_json(&s.gateway_id, &s.bus)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteBody {
+    value: serde_json::Value,
+}
+
+fn proto_value(v: &serde_json::Value) -> Option<proto::Value> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Bool(b) => proto::Value::bool(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => proto::Value::int(i),
+            (None, Some(u), _) => proto::Value::uint(u),
+            (None, None, Some(f)) => proto::Value::float(f),
+            _ => return None,
+        },
+        J::String(s) => proto::Value::string(s.clone()),
+        _ => return None,
+    })
+}
+
+async fn write(
+    State(s): State<AppState>,
+    Path((device, tag)): Path<(String, String)>,
+    body: Result<Json<WriteBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let reply = |code: StatusCode, body: serde_json::Value| (code, Json(body)).into_response();
+    let value = match body.as_ref().map(|b| proto_value(&b.value)) {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "`value` must be a boolean, a number or a string"}),
+            )
+        }
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("expected {{\"value\": …}}: {e}")}),
+            )
+        }
+    };
+    match commands::execute(&s.bus, &s.writers, &s.metrics, &device, &tag, value, "http").await {
+        Err(e) => {
+            let code = match e {
+                CommandError::UnknownDevice(_) | CommandError::UnknownTag { .. } => StatusCode::NOT_FOUND,
+                CommandError::Busy(..) => StatusCode::TOO_MANY_REQUESTS,
+                CommandError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            reply(code, serde_json::json!({"error": e.to_string()}))
+        }
+        Ok(commands::Outcome { command_id, result: None }) => reply(
+            StatusCode::ACCEPTED,
+            serde_json::json!({"command_id": command_id, "status": "pending",
+                "message": "sent to the device; the result will be recorded on the bus as a COMMAND_RESULT event"}),
+        ),
+        Ok(commands::Outcome { command_id, result: Some(r) }) => {
+            use drivers::write::WriteStatus as W;
+            let code = match r.status {
+                W::Ok => StatusCode::OK,
+                W::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+                W::Exception | W::Protocol | W::Connection => StatusCode::BAD_GATEWAY,
+                W::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                W::Unsupported => StatusCode::CONFLICT,
+            };
+            reply(
+                code,
+                serde_json::json!({"command_id": command_id, "status": r.status.as_str(),
+                    "code": r.code, "message": r.message}),
+            )
+        }
+    }
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte.

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 2 configuration (or usage) error, 1 runtime failure.
 
 mod check;
+mod commands;
 mod frame_json;
 mod http;
 mod metrics;
@@ -52,6 +53,9 @@ enum Cmd {
         /// Path to gateway.toml.
         #[arg(long, short)]
         config: PathBuf,
+        /// Also print each Modbus device's read requests per scan group.
+        #[arg(long)]
+        plan: bool,
     },
     /// Inspect or adjust the frame bus (works while the gateway runs, except set-cursor).
     Wal {
@@ -173,7 +177,7 @@ fn main() -> ExitCode {
                 .map_err(|e| Failure::Runtime(e.into()))?;
             rt.block_on(runtime::run(c)).map_err(Failure::Runtime)
         }),
-        Cmd::Check { config } => check::run(&config),
+        Cmd::Check { config, plan } => check::run(&config, plan),
         Cmd::Wal { command } => wal_cmd::run(command),
     };
     match result {

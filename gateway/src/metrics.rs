@@ -21,7 +21,11 @@
 //! | `gateway_consumer_skipped_frames_total` | counter | consumer (dropped by retention before read) |
 //! | `gateway_device_up` | gauge | device |
 //! | `gateway_device_polls_total` | counter | device |
-//! | `gateway_device_errors_total` | counter | device, kind |
+//! | `gateway_device_errors_total` | counter | device, kind = timeout, connection, protocol, exception, device, bus; code (the driver's error code: Modbus exception code, or -1 timeout, -2 connection, -3 malformed; 0 when none) |
+//! | `gateway_device_requests_total` | counter | device (requests sent, busy retries included) |
+//! | `gateway_device_skipped_ticks_total` | counter | device (scheduled polls skipped after an overrun) |
+//! | `gateway_device_suppressed_samples_total` | counter | device (withheld by deadband) |
+//! | `gateway_device_writes_total` | counter | device, result = ok, rejected, exception, timeout, connection, protocol, unsupported |
 //! | `gateway_device_poll_duration_seconds` | histogram | device |
 //! | `gateway_task_restarts_total` | counter | task, kind = driver, sink |
 //! | `gateway_sink_frames_written_total`, `gateway_sink_retries_total`, `gateway_sink_failures_total`, `gateway_sink_dead_lettered_total` | counter | sink |
@@ -49,6 +53,13 @@ pub struct DeviceLabel {
 pub struct DeviceErrorLabels {
     pub device: String,
     pub kind: String,
+    pub code: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceResultLabels {
+    pub device: String,
+    pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +93,10 @@ pub struct Metrics {
     pub device_polls: Family<DeviceLabel, Counter>,
     pub device_errors: Family<DeviceErrorLabels, Counter>,
     pub poll_duration: HistogramFamily<DeviceLabel>,
+    pub device_requests: Family<DeviceLabel, Counter>,
+    pub skipped_ticks: Family<DeviceLabel, Counter>,
+    pub suppressed_samples: Family<DeviceLabel, Counter>,
+    pub device_writes: Family<DeviceResultLabels, Counter>,
     pub task_restarts: Family<TaskLabels, Counter>,
     pub sink_written: Family<SinkLabel, Counter>,
     pub sink_retries: Family<SinkLabel, Counter>,
@@ -98,6 +113,10 @@ impl Metrics {
         let device_polls = Family::<DeviceLabel, Counter>::default();
         let device_errors = Family::<DeviceErrorLabels, Counter>::default();
         let poll_duration: HistogramFamily<DeviceLabel> = Family::new_with_constructor(poll_histogram);
+        let device_requests = Family::<DeviceLabel, Counter>::default();
+        let skipped_ticks = Family::<DeviceLabel, Counter>::default();
+        let suppressed_samples = Family::<DeviceLabel, Counter>::default();
+        let device_writes = Family::<DeviceResultLabels, Counter>::default();
         let task_restarts = Family::<TaskLabels, Counter>::default();
         let sink_written = Family::<SinkLabel, Counter>::default();
         let sink_retries = Family::<SinkLabel, Counter>::default();
@@ -122,8 +141,28 @@ impl Metrics {
         );
         r.register(
             "device_errors",
-            "Failed poll cycles by device and kind (timeout, connection, protocol, device, bus)",
+            "Failed requests by device, kind (timeout, connection, protocol, exception, device, bus) and code",
             device_errors.clone(),
+        );
+        r.register(
+            "device_requests",
+            "Requests sent to the device (busy retries included)",
+            device_requests.clone(),
+        );
+        r.register(
+            "device_skipped_ticks",
+            "Scheduled polls skipped because the previous poll overran its period",
+            skipped_ticks.clone(),
+        );
+        r.register(
+            "device_suppressed_samples",
+            "Samples withheld by their tag's deadband",
+            suppressed_samples.clone(),
+        );
+        r.register(
+            "device_writes",
+            "Tag writes by device and result",
+            device_writes.clone(),
         );
         r.register(
             "device_poll_duration_seconds",
@@ -176,6 +215,10 @@ impl Metrics {
             device_polls,
             device_errors,
             poll_duration,
+            device_requests,
+            skipped_ticks,
+            suppressed_samples,
+            device_writes,
             task_restarts,
             sink_written,
             sink_retries,

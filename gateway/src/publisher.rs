@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use drivers::{DriverHost, HostError, PollReport};
 use frame_bus::FrameBus;
-use proto::{DataFrame, FrameType, Message};
+use proto::{DataFrame, EventFrame, FrameType, Message};
 
 use crate::metrics::{DeviceErrorLabels, DeviceLabel, Metrics};
 use crate::status::{lock, DeviceState, DeviceStatus, TagValue};
@@ -53,30 +53,67 @@ impl DriverHost for BusHost {
         }
     }
 
+    async fn publish_event(&self, event: EventFrame) -> Result<(), HostError> {
+        self.bus
+            .publish(FrameType::Event, event.encode_to_vec())
+            .await
+            .map(|_| ())
+            .map_err(|e| HostError {
+                transient: e.is_transient(),
+                message: e.to_string(),
+            })
+    }
+
     fn poll_finished(&self, r: &PollReport) {
         let m = &self.metrics;
         m.device_polls.get_or_create(&self.label).inc();
         m.poll_duration
             .get_or_create(&self.label)
             .observe(r.duration.as_secs_f64());
+        if r.requests > 0 {
+            m.device_requests.get_or_create(&self.label).inc_by(r.requests.into());
+        }
+        if r.skipped_ticks > 0 {
+            m.skipped_ticks.get_or_create(&self.label).inc_by(r.skipped_ticks.into());
+        }
+        if r.suppressed > 0 {
+            m.suppressed_samples.get_or_create(&self.label).inc_by(r.suppressed.into());
+        }
+        for e in &r.errors {
+            m.device_errors
+                .get_or_create(&DeviceErrorLabels {
+                    device: self.label.device.clone(),
+                    kind: e.kind.as_str().to_string(),
+                    code: e.code,
+                })
+                .inc();
+        }
         let mut st = lock(&self.state);
         st.polls += 1;
         st.last_poll_ns = crate::now_ns();
-        match r.error {
+        match r.errors.first() {
             None => {
                 st.status = DeviceStatus::Online;
                 st.last_error = None;
             }
-            Some(kind) => {
-                m.device_errors
-                    .get_or_create(&DeviceErrorLabels {
-                        device: self.label.device.clone(),
-                        kind: kind.as_str().to_string(),
-                    })
-                    .inc();
+            Some(e) => {
                 st.errors += 1;
-                st.status = DeviceStatus::Error;
-                st.last_error = Some(format!("{} error", kind.as_str()));
+                // Offline stays Offline until the driver says it is back. A
+                // protocol exception is an answer: the device stays Online
+                // (the tag is BAD, `last_error` says why).
+                let answered = r.errors.iter().all(|e| e.kind == drivers::ErrorKind::Exception);
+                if st.status != DeviceStatus::Offline {
+                    st.status = if answered {
+                        DeviceStatus::Online
+                    } else {
+                        DeviceStatus::Error
+                    };
+                }
+                st.last_error = Some(if e.code != 0 {
+                    format!("{} error (code {})", e.kind.as_str(), e.code)
+                } else {
+                    format!("{} error", e.kind.as_str())
+                });
             }
         }
     }
@@ -86,9 +123,10 @@ impl DriverHost for BusHost {
             .device_up
             .get_or_create(&self.label)
             .set(i64::from(up));
-        let mut st = lock(&self.state);
-        if !up {
-            st.status = DeviceStatus::Offline;
-        }
+        lock(&self.state).status = if up {
+            DeviceStatus::Online
+        } else {
+            DeviceStatus::Offline
+        };
     }
 }

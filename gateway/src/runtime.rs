@@ -50,6 +50,8 @@ pub fn bus_config(c: &config::WalConfig) -> BusConfig {
 
 struct RunningDevice {
     config: Arc<DeviceConfig>,
+    /// Keeps the device's write queue open while it runs.
+    _writes: Option<tokio::sync::mpsc::Sender<drivers::write::WriteRequest>>,
     stop: watch::Sender<bool>,
     handle: JoinHandle<()>,
     version: u64,
@@ -62,6 +64,7 @@ struct Runtime {
     status: Arc<Status>,
     backoff: Backoff,
     devices: BTreeMap<String, RunningDevice>,
+    writers: Arc<crate::commands::Writers>,
 }
 
 impl Runtime {
@@ -71,17 +74,20 @@ impl Runtime {
         let label = DeviceLabel { device: name.clone() };
         let (stop, stop_rx) = watch::channel(false);
         let config = Arc::new(d);
-        let handle = if config.enabled {
-            self.spawn_driver(&config, state, label, stop_rx)
+        let (handle, writes) = if config.enabled {
+            let (tx, queue) = drivers::write::write_queue();
+            self.writers.insert(config.clone(), tx.clone());
+            (self.spawn_driver(&config, state, label, stop_rx, queue), Some(tx))
         } else {
             info!(device = name, "device disabled; not polled");
             self.metrics.device_up.get_or_create(&label).set(0);
-            tokio::spawn(async {})
+            (tokio::spawn(async {}), None)
         };
         self.devices.insert(
             name,
             RunningDevice {
                 config,
+                _writes: writes,
                 stop,
                 handle,
                 version,
@@ -96,6 +102,7 @@ impl Runtime {
         state: Arc<std::sync::Mutex<crate::status::DeviceState>>,
         label: DeviceLabel,
         stop_rx: watch::Receiver<bool>,
+        writes: drivers::write::WriteQueue,
     ) -> JoinHandle<()> {
         let name = config.name.clone();
         let host = BusHost {
@@ -120,7 +127,7 @@ impl Runtime {
             self.metrics.clone(),
             stop_rx,
             on_restart,
-            move || drivers::run_device(cfg.clone(), host.clone(), rx.clone()),
+            move || drivers::run_device(cfg.clone(), host.clone(), rx.clone(), writes.clone()),
         );
         info!(
             device = name,
@@ -133,6 +140,7 @@ impl Runtime {
 
     async fn stop_device(&mut self, name: &str) {
         if let Some(d) = self.devices.remove(name) {
+            self.writers.remove(name);
             let _ = d.stop.send(true);
             if let Err(e) = d.handle.await {
                 warn!(device = name, error = %e, "device task ended abnormally");
@@ -234,7 +242,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !g.http.listen.ip().is_loopback() && g.http.token.is_none() {
         warn!(listen = %g.http.listen, "HTTP listens beyond loopback without [http] token: /api is open to the network");
     }
+    let writers = Arc::new(crate::commands::Writers::default());
     let app = crate::http::router(crate::http::AppState {
+        writers: writers.clone(),
         gateway_id: g.gateway_id.clone(),
         bus: bus.clone(),
         metrics: metrics.clone(),
@@ -329,6 +339,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         status: status.clone(),
         backoff,
         devices: BTreeMap::new(),
+        writers,
     };
     for d in config.devices.clone() {
         rt.start_device(d, 1);

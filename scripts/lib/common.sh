@@ -37,3 +37,18 @@ ensure_build_deps() {
     ensure_deb libclang-dev clang g++ make pkg-config util-linux
     command -v cargo >/dev/null || { log "cargo not found: install a Rust toolchain (rustup)"; return 1; }
 }
+
+# The Modbus peer of the integration tests (tests/peers/modbus_server.py):
+# socat for RTU pty pairs, pymodbus and pyserial in pinned versions (the peer
+# hooks pymodbus internals that change between releases).
+MODBUS_PEER_PYMODBUS=3.9.2
+MODBUS_PEER_PYSERIAL=3.5
+ensure_modbus_peer() {
+    command -v socat >/dev/null || ensure_deb socat || return 1
+    command -v python3 >/dev/null || { log "python3 not found: the Modbus peer needs Python 3.10 or newer"; return 1; }
+    python3 -c "import pymodbus, serial; assert (pymodbus.__version__, serial.__version__) == \
+('$MODBUS_PEER_PYMODBUS', '$MODBUS_PEER_PYSERIAL')" 2>/dev/null && return 0
+    log "installing pymodbus==$MODBUS_PEER_PYMODBUS pyserial==$MODBUS_PEER_PYSERIAL"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        "pymodbus==$MODBUS_PEER_PYMODBUS" "pyserial==$MODBUS_PEER_PYSERIAL"
+}

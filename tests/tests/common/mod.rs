@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -247,4 +249,55 @@ fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+impl DemoDir {
+    /// A config dir with `gateway.toml` (data dir and listen address from
+    /// the harness's environment, no sink) and the given device files.
+    pub fn with_devices(devices: &[(String, String)]) -> DemoDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("devices")).unwrap();
+        std::fs::write(
+            dir.path().join("gateway.toml"),
+            "gateway_id = \"test-gw\"\n\
+             data_dir = \"${GATEWAY_DATA_DIR}\"\n\
+             [http]\nlisten = \"${GATEWAY_HTTP_LISTEN}\"\n",
+        )
+        .unwrap();
+        for (name, body) in devices {
+            std::fs::write(dir.path().join("devices").join(format!("{name}.toml")), body).unwrap();
+        }
+        DemoDir { dir }
+    }
+}
+
+impl Gateway {
+    /// POSTs a JSON body; `(status, parsed body)`.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("http://127.0.0.1:{}{path}", self.port))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("POST");
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+}
+
+/// The latest sample of every tag of `device` in `frames` (`tag → sample`).
+pub fn latest_samples(frames: &[serde_json::Value], device: &str) -> std::collections::HashMap<String, serde_json::Value> {
+    let mut out = std::collections::HashMap::new();
+    for f in frames.iter().filter(|f| f["type"] == "DATA" && f["device"] == device) {
+        for s in f["samples"].as_array().into_iter().flatten() {
+            out.insert(s["tag"].as_str().unwrap_or_default().to_string(), s.clone());
+        }
+    }
+    out
+}
+
+pub fn repo_dir() -> PathBuf {
+    manifest_dir().join("..")
 }
