@@ -35,7 +35,10 @@ impl Protocol {
         }
     }
     pub fn is_modbus(self) -> bool {
-        matches!(self, Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp)
+        matches!(
+            self,
+            Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp
+        )
     }
 }
 

@@ -268,7 +268,11 @@ fn register_count(dt: DataType, length: Option<u16>) -> Result<u16, String> {
 
 /// Resolves `tag`'s address on a device with `device` options; the error
 /// names the problem for the `address` key (or the key in `.0`).
-pub fn resolve(device: &ModbusDevice, tag: &TagConfig, opts: &ModbusTag) -> Result<ModbusPoint, (&'static str, String)> {
+pub fn resolve(
+    device: &ModbusDevice,
+    tag: &TagConfig,
+    opts: &ModbusTag,
+) -> Result<ModbusPoint, (&'static str, String)> {
     let addr = tag.address.trim();
     let (number, suffix_bit) = match addr.split_once('.') {
         Some((n, b)) => {
@@ -284,7 +288,9 @@ pub fn resolve(device: &ModbusDevice, tag: &TagConfig, opts: &ModbusTag) -> Resu
     if number.is_empty() || !number.bytes().all(|c| c.is_ascii_digit()) {
         return Err((
             "address",
-            format!("{addr:?} is not a Modbus address: expected digits like \"40001\" (or `table` with a number)"),
+            format!(
+                "{addr:?} is not a Modbus address: expected digits like \"40001\" (or `table` with a number)"
+            ),
         ));
     }
     let (table, n, default_base) = match opts.table {
@@ -336,7 +342,13 @@ pub fn resolve(device: &ModbusDevice, tag: &TagConfig, opts: &ModbusTag) -> Resu
             return Err(("bit", format!("must be 0..=15, got {b}")));
         }
         if table.is_bits() {
-            return Err(("bit", format!("a {} is a single bit already; `bit` is for registers", table.as_str())));
+            return Err((
+                "bit",
+                format!(
+                    "a {} is a single bit already; `bit` is for registers",
+                    table.as_str()
+                ),
+            ));
         }
         if tag.data_type != DataType::Boolean {
             return Err(("data_type", "a register bit is read as `bool`".into()));
@@ -354,7 +366,10 @@ pub fn resolve(device: &ModbusDevice, tag: &TagConfig, opts: &ModbusTag) -> Resu
         if tag.data_type == DataType::Boolean && bit.is_none() {
             return Err((
                 "data_type",
-                format!("a bool in a {} register needs a bit: \"{addr}.N\" or `bit = N`", table.as_str()),
+                format!(
+                    "a bool in a {} register needs a bit: \"{addr}.N\" or `bit = N`",
+                    table.as_str()
+                ),
             ));
         }
         register_count(tag.data_type, opts.length).map_err(|m| ("data_type", m))?
@@ -370,7 +385,10 @@ pub fn resolve(device: &ModbusDevice, tag: &TagConfig, opts: &ModbusTag) -> Resu
         byte_order: opts.byte_order.unwrap_or(device.byte_order),
     };
     if point.end() > 65536 {
-        return Err(("address", format!("{addr:?} plus {count} registers runs past address 65535")));
+        return Err((
+            "address",
+            format!("{addr:?} plus {count} registers runs past address 65535"),
+        ));
     }
     Ok(point)
 }
@@ -406,7 +424,12 @@ mod tests {
         }
     }
 
-    fn at(d: &ModbusDevice, address: &str, dt: DataType, o: &ModbusTag) -> Result<(Table, u16, u16, Option<u8>), String> {
+    fn at(
+        d: &ModbusDevice,
+        address: &str,
+        dt: DataType,
+        o: &ModbusTag,
+    ) -> Result<(Table, u16, u16, Option<u8>), String> {
         resolve(d, &tag(address, dt), o)
             .map(|p| (p.table, p.address, p.count, p.bit))
             .map_err(|(k, m)| format!("{k}: {m}"))
@@ -416,15 +439,39 @@ mod tests {
     fn modicon_addresses() {
         let d = device(None);
         let o = ModbusTag::default();
-        assert_eq!(at(&d, "40001", DataType::UInt16, &o), Ok((Table::Holding, 0, 1, None)));
-        assert_eq!(at(&d, "400001", DataType::Float, &o), Ok((Table::Holding, 0, 2, None)));
-        assert_eq!(at(&d, "465536", DataType::UInt16, &o), Ok((Table::Holding, 65535, 1, None)));
-        assert_eq!(at(&d, "30010", DataType::Double, &o), Ok((Table::Input, 9, 4, None)));
-        assert_eq!(at(&d, "00001", DataType::Boolean, &o), Ok((Table::Coil, 0, 1, None)));
-        assert_eq!(at(&d, "10005", DataType::Boolean, &o), Ok((Table::DiscreteInput, 4, 1, None)));
-        assert_eq!(at(&d, "40001.15", DataType::Boolean, &o), Ok((Table::Holding, 0, 1, Some(15))));
+        assert_eq!(
+            at(&d, "40001", DataType::UInt16, &o),
+            Ok((Table::Holding, 0, 1, None))
+        );
+        assert_eq!(
+            at(&d, "400001", DataType::Float, &o),
+            Ok((Table::Holding, 0, 2, None))
+        );
+        assert_eq!(
+            at(&d, "465536", DataType::UInt16, &o),
+            Ok((Table::Holding, 65535, 1, None))
+        );
+        assert_eq!(
+            at(&d, "30010", DataType::Double, &o),
+            Ok((Table::Input, 9, 4, None))
+        );
+        assert_eq!(
+            at(&d, "00001", DataType::Boolean, &o),
+            Ok((Table::Coil, 0, 1, None))
+        );
+        assert_eq!(
+            at(&d, "10005", DataType::Boolean, &o),
+            Ok((Table::DiscreteInput, 4, 1, None))
+        );
+        assert_eq!(
+            at(&d, "40001.15", DataType::Boolean, &o),
+            Ok((Table::Holding, 0, 1, Some(15)))
+        );
         // Devices counting from 0: 40000 is the first register.
-        assert_eq!(at(&device(Some(0)), "40000", DataType::UInt16, &o), Ok((Table::Holding, 0, 1, None)));
+        assert_eq!(
+            at(&device(Some(0)), "40000", DataType::UInt16, &o),
+            Ok((Table::Holding, 0, 1, None))
+        );
         for bad in ["40000", "4001", "4000001", "50001", "4000a", "40001.16", "465537"] {
             assert!(at(&d, bad, DataType::UInt16, &o).is_err(), "{bad}");
         }
@@ -437,15 +484,27 @@ mod tests {
             table: Some(Table::Holding),
             ..ModbusTag::default()
         };
-        assert_eq!(at(&device(None), "0", DataType::Int32, &holding), Ok((Table::Holding, 0, 2, None)));
-        assert_eq!(at(&device(Some(1)), "1", DataType::Int32, &holding), Ok((Table::Holding, 0, 2, None)));
+        assert_eq!(
+            at(&device(None), "0", DataType::Int32, &holding),
+            Ok((Table::Holding, 0, 2, None))
+        );
+        assert_eq!(
+            at(&device(Some(1)), "1", DataType::Int32, &holding),
+            Ok((Table::Holding, 0, 2, None))
+        );
         assert!(at(&device(Some(1)), "0", DataType::Int32, &holding).is_err());
         let bit = ModbusTag {
             bit: Some(3),
             ..holding.clone()
         };
-        assert_eq!(at(&device(None), "7", DataType::Boolean, &bit), Ok((Table::Holding, 7, 1, Some(3))));
-        assert!(at(&device(None), "7.3", DataType::Boolean, &bit).is_err(), "bit given twice");
+        assert_eq!(
+            at(&device(None), "7", DataType::Boolean, &bit),
+            Ok((Table::Holding, 7, 1, Some(3)))
+        );
+        assert!(
+            at(&device(None), "7.3", DataType::Boolean, &bit).is_err(),
+            "bit given twice"
+        );
     }
 
     #[test]
@@ -462,7 +521,10 @@ mod tests {
             length: Some(10),
             ..ModbusTag::default()
         };
-        assert_eq!(at(&d, "40001", DataType::String, &s), Ok((Table::Holding, 0, 10, None)));
+        assert_eq!(
+            at(&d, "40001", DataType::String, &s),
+            Ok((Table::Holding, 0, 10, None))
+        );
         assert!(err("40001", DataType::UInt16, &s).starts_with("length"));
     }
 }

@@ -242,7 +242,10 @@ fn modbus_device(d: &DeviceConfig, m: &ModbusDevice, e: &mut impl FnMut(&str, St
         ("stop_bits", m.stop_bits.is_some()),
     ];
     if d.protocol != Protocol::ModbusTcp && !(1..=247).contains(&m.unit_id) {
-        e("unit_id", format!("must be 1..=247 for RTU addressing, got {}", m.unit_id));
+        e(
+            "unit_id",
+            format!("must be 1..=247 for RTU addressing, got {}", m.unit_id),
+        );
     }
     if d.protocol == Protocol::ModbusRtu {
         match &m.port {
@@ -250,9 +253,10 @@ fn modbus_device(d: &DeviceConfig, m: &ModbusDevice, e: &mut impl FnMut(&str, St
                 "endpoint",
                 "a modbus-rtu device is addressed by `port = \"/dev/ttyUSB0\"`, not `endpoint`".into(),
             ),
-            Some(p) if p != &d.endpoint => {
-                e("endpoint", "a modbus-rtu device is addressed by `port`; leave `endpoint` out".into())
-            }
+            Some(p) if p != &d.endpoint => e(
+                "endpoint",
+                "a modbus-rtu device is addressed by `port`; leave `endpoint` out".into(),
+            ),
             _ => {}
         }
         if m.baud_rate == Some(0) {
@@ -267,11 +271,20 @@ fn modbus_device(d: &DeviceConfig, m: &ModbusDevice, e: &mut impl FnMut(&str, St
     } else {
         for (key, set) in serial_keys {
             if set {
-                e(key, format!("is a serial-line key; {} devices use `endpoint`", d.protocol.as_str()));
+                e(
+                    key,
+                    format!(
+                        "is a serial-line key; {} devices use `endpoint`",
+                        d.protocol.as_str()
+                    ),
+                );
             }
         }
         if d.endpoint.contains("://") || d.endpoint.contains('/') {
-            e("endpoint", format!("{:?} is not host:port (no scheme or path)", d.endpoint));
+            e(
+                "endpoint",
+                format!("{:?} is not host:port (no scheme or path)", d.endpoint),
+            );
         } else if let Some((host, port)) = d.endpoint.rsplit_once(':') {
             if port.parse::<u16>().is_err() || host.is_empty() {
                 e(
@@ -285,10 +298,16 @@ fn modbus_device(d: &DeviceConfig, m: &ModbusDevice, e: &mut impl FnMut(&str, St
         e("address_base", "must be 0 or 1".into());
     }
     if !(1..=125).contains(&m.max_registers_per_request) {
-        e("max_registers_per_request", "must be 1..=125 (the Modbus limit for FC3/FC4)".into());
+        e(
+            "max_registers_per_request",
+            "must be 1..=125 (the Modbus limit for FC3/FC4)".into(),
+        );
     }
     if !(1..=2000).contains(&m.max_bits_per_request) {
-        e("max_bits_per_request", "must be 1..=2000 (the Modbus limit for FC1/FC2)".into());
+        e(
+            "max_bits_per_request",
+            "must be 1..=2000 (the Modbus limit for FC1/FC2)".into(),
+        );
     }
 }
 
@@ -311,13 +330,21 @@ fn modbus_tag(
                 let key = if o.length.is_some() { "length" } else { "data_type" };
                 e(
                     &format!("{base}.{key}"),
-                    format!("{} registers do not fit one request (max_registers_per_request = {limit})", p.count),
+                    format!(
+                        "{} registers do not fit one request (max_registers_per_request = {limit})",
+                        p.count
+                    ),
                 );
             }
-            if t.access != crate::Access::Read && matches!(p.table, modbus::Table::Input | modbus::Table::DiscreteInput) {
+            if t.access != crate::Access::Read
+                && matches!(p.table, modbus::Table::Input | modbus::Table::DiscreteInput)
+            {
                 e(
                     &format!("{base}.access"),
-                    format!("{} is a read-only table; only coils and holding registers can be written", p.table.as_str()),
+                    format!(
+                        "{} is a read-only table; only coils and holding registers can be written",
+                        p.table.as_str()
+                    ),
                 );
             }
         }
@@ -328,7 +355,9 @@ fn modbus_tag(
 pub(crate) fn serial_ports(devices: &[(DeviceConfig, Source)], errors: &mut Vec<ConfigError>) {
     let mut seen: HashMap<String, (&str, crate::SerialSettings)> = HashMap::new();
     for (d, src) in devices {
-        let DriverOptions::Modbus(m) = &d.driver else { continue };
+        let DriverOptions::Modbus(m) = &d.driver else {
+            continue;
+        };
         if d.protocol != crate::Protocol::ModbusRtu {
             continue;
         }

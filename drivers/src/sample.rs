@@ -113,9 +113,9 @@ impl Deadband {
         let v = s.value.as_ref().and_then(numeric);
         let admit = match (tag.deadband, self.last, v) {
             (Some(db), Some((Some(prev), q, ts)), Some(v)) if q == s.quality && db > 0.0 => {
-                let heartbeat = tag
-                    .max_report_interval
-                    .is_some_and(|i| s.source_ts_ns.saturating_sub(ts) >= u64::try_from(i.as_nanos()).unwrap_or(u64::MAX));
+                let heartbeat = tag.max_report_interval.is_some_and(|i| {
+                    s.source_ts_ns.saturating_sub(ts) >= u64::try_from(i.as_nanos()).unwrap_or(u64::MAX)
+                });
                 heartbeat || (v - prev).abs() > db
             }
             _ => true,
@@ -145,7 +145,10 @@ pub fn raw_for_write(tag: &TagConfig, value: &Value) -> Result<Raw, String> {
         (String, Kind::StringValue(s)) => return Ok(Raw::String(s.clone())),
         (ByteArray, Kind::BytesValue(b)) => return Ok(Raw::Bytes(b.to_vec())),
         (String | ByteArray | DateTime, _) => {
-            return Err(format!("a {:?} tag takes a {:?} value", tag.data_type, tag.data_type))
+            return Err(format!(
+                "a {:?} tag takes a {:?} value",
+                tag.data_type, tag.data_type
+            ))
         }
         _ => {}
     }
@@ -169,7 +172,9 @@ pub fn raw_for_write(tag: &TagConfig, value: &Value) -> Result<Raw, String> {
         _ => {
             let r = raw.round();
             if (raw - r).abs() > 1e-9 * raw.abs().max(1.0) {
-                return Err(format!("{eng} is not representable: raw value {raw} is not an integer"));
+                return Err(format!(
+                    "{eng} is not representable: raw value {raw} is not an integer"
+                ));
             }
             // Beyond ±2^63 the conversion saturates and int_raw refuses it.
             int_raw(tag.data_type, r as i128)
@@ -251,13 +256,22 @@ mod tests {
     fn writes_invert_scaling_and_refuse_what_does_not_fit() {
         let t = tag(DataType::UInt16, 0.1, -10.0);
         assert_eq!(raw_for_write(&t, &Value::float(32.5)), Ok(Raw::UInt(425)));
-        assert!(raw_for_write(&t, &Value::float(7000.0)).is_err(), "70100 > u16::MAX");
+        assert!(
+            raw_for_write(&t, &Value::float(7000.0)).is_err(),
+            "70100 > u16::MAX"
+        );
         assert!(raw_for_write(&t, &Value::float(-20.0)).is_err(), "negative raw");
-        assert!(raw_for_write(&t, &Value::float(1.23)).is_err(), "112.3 is not an integer");
+        assert!(
+            raw_for_write(&t, &Value::float(1.23)).is_err(),
+            "112.3 is not an integer"
+        );
         assert!(raw_for_write(&t, &Value::float(f64::NAN)).is_err());
         assert!(raw_for_write(&t, &Value::string("1")).is_err());
         let exact = tag(DataType::UInt64, 1.0, 0.0);
-        assert_eq!(raw_for_write(&exact, &Value::uint(u64::MAX)), Ok(Raw::UInt(u64::MAX)));
+        assert_eq!(
+            raw_for_write(&exact, &Value::uint(u64::MAX)),
+            Ok(Raw::UInt(u64::MAX))
+        );
         assert!(raw_for_write(&exact, &Value::int(-1)).is_err());
         let b = tag(DataType::Boolean, 1.0, 0.0);
         assert_eq!(raw_for_write(&b, &Value::bool(true)), Ok(Raw::Bool(true)));

@@ -242,9 +242,12 @@ async fn a_refused_publish_ends_the_driver_with_an_error() {
         ..Recorder::default()
     };
     let (_stop, rx) = watch::channel(false);
-    let r = tokio::time::timeout(Duration::from_secs(5), drivers::run_device(d, host.clone(), rx, drivers::write::write_queue().1))
-        .await
-        .expect("returns");
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        drivers::run_device(d, host.clone(), rx, drivers::write::write_queue().1),
+    )
+    .await
+    .expect("returns");
     assert!(matches!(r, Err(drivers::DriverError::Publish(_))), "{r:?}");
     // The poll whose frame could not be handed to the bus reports it.
     assert_eq!(

@@ -22,10 +22,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{DeviceResultLabels, Metrics};
 
+/// A running device's write queue and the configuration it runs with.
+type Writer = (mpsc::Sender<WriteRequest>, Arc<DeviceConfig>);
+
 /// The write queue of each running device.
 #[derive(Default)]
 pub struct Writers {
-    map: RwLock<HashMap<String, (mpsc::Sender<WriteRequest>, Arc<DeviceConfig>)>>,
+    map: RwLock<HashMap<String, Writer>>,
 }
 
 impl Writers {
@@ -37,7 +40,7 @@ impl Writers {
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
         m.remove(device);
     }
-    fn get(&self, device: &str) -> Option<(mpsc::Sender<WriteRequest>, Arc<DeviceConfig>)> {
+    fn get(&self, device: &str) -> Option<Writer> {
         let m = self.map.read().unwrap_or_else(|p| p.into_inner());
         m.get(device).cloned()
     }
@@ -88,9 +91,14 @@ pub async fn execute(
     let permit = match tx.try_reserve() {
         Ok(p) => p,
         Err(mpsc::error::TrySendError::Full(())) => {
-            return Err(CommandError::Busy(device.to_string(), drivers::write::QUEUE_DEPTH))
+            return Err(CommandError::Busy(
+                device.to_string(),
+                drivers::write::QUEUE_DEPTH,
+            ))
         }
-        Err(mpsc::error::TrySendError::Closed(())) => return Err(CommandError::UnknownDevice(device.to_string())),
+        Err(mpsc::error::TrySendError::Closed(())) => {
+            return Err(CommandError::UnknownDevice(device.to_string()))
+        }
     };
     let issued = crate::now_ns();
     let command_id = format!("cmd-{issued}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
@@ -115,7 +123,12 @@ pub async fn execute(
     // The result is recorded whether or not the caller still waits.
     let (done, done_rx) = oneshot::channel();
     let (bus, metrics) = (bus.clone(), metrics.clone());
-    let (device, tag, origin, id) = (device.to_string(), tag.to_string(), origin.to_string(), command_id.clone());
+    let (device, tag, origin, id) = (
+        device.to_string(),
+        tag.to_string(),
+        origin.to_string(),
+        command_id.clone(),
+    );
     tokio::spawn(async move {
         let result = answer.await.unwrap_or_else(|_| {
             WriteResult::failed(WriteStatus::Unsupported, 0, "the driver stopped before answering")

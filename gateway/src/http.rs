@@ -119,12 +119,18 @@ async fn write(
             };
             reply(code, serde_json::json!({"error": e.to_string()}))
         }
-        Ok(commands::Outcome { command_id, result: None }) => reply(
+        Ok(commands::Outcome {
+            command_id,
+            result: None,
+        }) => reply(
             StatusCode::ACCEPTED,
             serde_json::json!({"command_id": command_id, "status": "pending",
                 "message": "sent to the device; the result will be recorded on the bus as a COMMAND_RESULT event"}),
         ),
-        Ok(commands::Outcome { command_id, result: Some(r) }) => {
+        Ok(commands::Outcome {
+            command_id,
+            result: Some(r),
+        }) => {
             use drivers::write::WriteStatus as W;
             let code = match r.status {
                 W::Ok => StatusCode::OK,

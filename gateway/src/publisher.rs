@@ -71,13 +71,19 @@ impl DriverHost for BusHost {
             .get_or_create(&self.label)
             .observe(r.duration.as_secs_f64());
         if r.requests > 0 {
-            m.device_requests.get_or_create(&self.label).inc_by(r.requests.into());
+            m.device_requests
+                .get_or_create(&self.label)
+                .inc_by(r.requests.into());
         }
         if r.skipped_ticks > 0 {
-            m.skipped_ticks.get_or_create(&self.label).inc_by(r.skipped_ticks.into());
+            m.skipped_ticks
+                .get_or_create(&self.label)
+                .inc_by(r.skipped_ticks.into());
         }
         if r.suppressed > 0 {
-            m.suppressed_samples.get_or_create(&self.label).inc_by(r.suppressed.into());
+            m.suppressed_samples
+                .get_or_create(&self.label)
+                .inc_by(r.suppressed.into());
         }
         for e in &r.errors {
             m.device_errors

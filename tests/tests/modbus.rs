@@ -24,7 +24,12 @@ fn device(name: &str, head: &str, tags: &[&str]) -> (String, String) {
 }
 
 /// Every tag of `device` has a sample in the WAL.
-fn wait_samples(g: &mut Gateway, demo: &DemoDir, device: &str, n: usize) -> std::collections::HashMap<String, Value> {
+fn wait_samples(
+    g: &mut Gateway,
+    demo: &DemoDir,
+    device: &str,
+    n: usize,
+) -> std::collections::HashMap<String, Value> {
     let mut out = Default::default();
     g.wait_until(&format!("{n} tags of {device} in the WAL"), LIMIT, |_| {
         out = latest_samples(&wal_frames(&demo.wal()), device);
@@ -165,8 +170,15 @@ fn tcp_decodes_every_data_type_and_byte_order_exactly() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("plan of plc (unit 1): 4 requests for 30 tags"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("plan of plc (unit 1): 4 requests for 30 tags"),
+        "{text}"
+    );
     assert!(text.contains("FC3 holding"), "{text}");
 
     let mut g = Gateway::start(&demo, &[]);
@@ -182,8 +194,8 @@ fn tcp_decodes_every_data_type_and_byte_order_exactly() {
         ("u32", json!(3000000000u64)),
         ("i64", json!(-1234567890123i64)),
         ("u64", json!(12345678901234567890u64)),
-        ("f64_abcd", json!(2.718281828459045)),
-        ("f64_dcba", json!(2.718281828459045)),
+        ("f64_abcd", json!(std::f64::consts::E)),
+        ("f64_dcba", json!(std::f64::consts::E)),
         ("i64_cdab", json!(-1234567890123i64)),
         ("bit0", json!(true)),
         ("bit1", json!(false)),
@@ -206,11 +218,17 @@ fn tcp_decodes_every_data_type_and_byte_order_exactly() {
     assert_eq!(value("in0"), json!(555));
     for tag in ["f32_abcd", "f32_cdab", "f32_badc", "f32_dcba"] {
         let v = value(tag).as_f64().unwrap();
-        assert!((v - 3.14159).abs() < 1e-6, "{tag}: {v}");
+        // The peer stores 3.14159 (not π) as float32.
+        #[allow(clippy::approx_constant)]
+        let want = 3.14159;
+        assert!((v - want).abs() < 1e-6, "{tag}: {v}");
     }
     // Scaling keeps the raw value; 12345 * 0.1 - 1000 = 234.5.
     let scaled = &s["u16_scaled"];
-    assert!((scaled["value"].as_f64().unwrap() - 234.5).abs() < 1e-9, "{scaled}");
+    assert!(
+        (scaled["value"].as_f64().unwrap() - 234.5).abs() < 1e-9,
+        "{scaled}"
+    );
     assert_eq!(scaled["raw_value"], json!(12345));
     // Above max_value (555 > 500): the value is kept, the quality is UNCERTAIN.
     assert_eq!(s["in0"]["quality"], "UNCERTAIN", "{}", s["in0"]);
@@ -219,7 +237,10 @@ fn tcp_decodes_every_data_type_and_byte_order_exactly() {
     let polls = g.metric_sum("gateway_device_polls_total").unwrap();
     let requests = g.metric_sum("gateway_device_requests_total").unwrap();
     assert!(polls > 0.0);
-    assert!((requests / polls - 4.0).abs() < 0.5, "{requests} requests in {polls} polls");
+    assert!(
+        (requests / polls - 4.0).abs() < 0.5,
+        "{requests} requests in {polls} polls"
+    );
     assert_eq!(g.metric_sum("gateway_device_errors_total").unwrap_or(0.0), 0.0);
 }
 
@@ -238,13 +259,21 @@ fn exceptions_fail_only_their_request_and_busy_is_retried() {
     ];
     let patient = format!("{base}\nunit_id = 1\nbusy_retries = 3\nbusy_retry_interval = \"20ms\"");
     let impatient = format!("{base}\nunit_id = 2\nbusy_retries = 0");
-    let demo = DemoDir::with_devices(&[device("patient", &patient, &tags), device("impatient", &impatient, &tags)]);
+    let demo = DemoDir::with_devices(&[
+        device("patient", &patient, &tags),
+        device("impatient", &impatient, &tags),
+    ]);
     let mut g = Gateway::start(&demo, &[]);
     let p = wait_samples(&mut g, &demo, "patient", 3);
     assert_eq!(p["ok"]["value"], json!(12345), "{}", p["ok"]);
     assert_eq!(p["missing"]["quality"], "BAD");
     assert_eq!(p["missing"]["error_code"], 2, "illegal data address");
-    assert_eq!(p["busy"]["value"], json!(777), "busy answered on the 3rd try: {}", p["busy"]);
+    assert_eq!(
+        p["busy"]["value"],
+        json!(777),
+        "busy answered on the 3rd try: {}",
+        p["busy"]
+    );
     assert_eq!(p["busy"]["quality"], "GOOD");
     let i = wait_samples(&mut g, &demo, "impatient", 3);
     assert_eq!(i["ok"]["value"], json!(2222), "unit 2's own map");
@@ -277,7 +306,11 @@ fn a_slow_device_goes_offline_with_backoff_and_comes_back_online() {
          max_retries = 2\nretry_interval = \"200ms\"\nmax_retry_interval = \"400ms\"",
         server.address
     );
-    let demo = DemoDir::with_devices(&[device("slow", &head, &["name = \"v\"\naddress = \"40001\"\ndata_type = \"uint16\""])]);
+    let demo = DemoDir::with_devices(&[device(
+        "slow",
+        &head,
+        &["name = \"v\"\naddress = \"40001\"\ndata_type = \"uint16\""],
+    )]);
     let mut g = Gateway::start(&demo, &[]);
     let events = |demo: &DemoDir| -> Vec<String> {
         wal_frames(&demo.wal())
@@ -298,9 +331,15 @@ fn a_slow_device_goes_offline_with_backoff_and_comes_back_online() {
     std::thread::sleep(Duration::from_secs(2));
     let polls_1 = g.metric_sum("gateway_device_polls_total").unwrap();
     // 2 s at (300 ms timeout + 400 ms backoff) per attempt: ~3 attempts, far below 20.
-    assert!(polls_1 - polls_0 <= 6.0, "{} polls in 2 s while offline", polls_1 - polls_0);
+    assert!(
+        polls_1 - polls_0 <= 6.0,
+        "{} polls in 2 s while offline",
+        polls_1 - polls_0
+    );
     server.set_delay(0.0);
-    g.wait_until("Online again", LIMIT, |_| events(&demo) == ["Online", "Offline", "Online"]);
+    g.wait_until("Online again", LIMIT, |_| {
+        events(&demo) == ["Online", "Offline", "Online"]
+    });
     g.wait_until("a good sample", LIMIT, |_| {
         latest_samples(&wal_frames(&demo.wal()), "slow")["v"]["quality"] == "GOOD"
     });
@@ -342,7 +381,9 @@ fn rtu_two_slaves_share_one_serial_line() {
             .count()
     };
     let (a, b) = (frames("slave-1"), frames("slave-2"));
-    g.wait_until("both slaves to poll again", LIMIT, |_| frames("slave-1") > a + 3 && frames("slave-2") > b + 3);
+    g.wait_until("both slaves to poll again", LIMIT, |_| {
+        frames("slave-1") > a + 3 && frames("slave-2") > b + 3
+    });
     assert_eq!(g.metric_sum("gateway_device_errors_total").unwrap_or(0.0), 0.0);
 }
 
@@ -387,7 +428,10 @@ fn writes_reach_the_device_and_are_recorded_on_the_bus() {
     let (code, body) = g.post_json(&url("pump"), &json!({"value": true}));
     assert_eq!(code, 200, "{body}");
     let w = server.wait_write(LIMIT, |w| w["write"] == "coil");
-    assert_eq!((w["address"].clone(), w["values"].clone()), (json!(8), json!([true])));
+    assert_eq!(
+        (w["address"].clone(), w["values"].clone()),
+        (json!(8), json!([true]))
+    );
 
     // Refused before the wire: read-only tag, out of range, unknown tag, bad body.
     let (code, body) = g.post_json(&url("ro"), &json!({"value": 1}));
@@ -412,5 +456,8 @@ fn writes_reach_the_device_and_are_recorded_on_the_bus() {
     assert_eq!(results[0]["status"], "ok");
     assert_eq!(results[0]["attributes"]["command_id"], commands[0]["command_id"]);
     let (_, metrics) = g.get("/metrics").unwrap();
-    assert!(metrics.contains(r#"gateway_device_writes_total{device="plc",result="ok"} 3"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"gateway_device_writes_total{device="plc",result="ok"} 3"#),
+        "{metrics}"
+    );
 }

@@ -73,10 +73,7 @@ pub fn decode(dt: DataType, order: ByteOrder, bit: Option<u8>, regs: &[u16]) -> 
         DataType::Float => Raw::Float(f32::from_be_bytes(array(&b)?).into()),
         DataType::Double => Raw::Float(f64::from_be_bytes(array(&b)?)),
         DataType::String => {
-            let end = b
-                .iter()
-                .rposition(|&c| c != 0 && c != b' ')
-                .map_or(0, |i| i + 1);
+            let end = b.iter().rposition(|&c| c != 0 && c != b' ').map_or(0, |i| i + 1);
             // A NUL inside the string ends it (C strings in PLC memory).
             let text = &b[..end];
             let text = text.split(|&c| c == 0).next().unwrap_or(&[]);
@@ -123,7 +120,10 @@ pub fn encode(dt: DataType, order: ByteOrder, count: u16, raw: &Raw) -> Result<V
         (DataType::ByteArray, Raw::Bytes(v)) => {
             let cap = usize::from(count) * 2;
             if v.len() != cap {
-                return Err(format!("expected {cap} bytes for {count} registers, got {}", v.len()));
+                return Err(format!(
+                    "expected {cap} bytes for {count} registers, got {}",
+                    v.len()
+                ));
             }
             v.clone()
         }
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn sixty_four_bit_orders_round_trip() {
-        let v = 2.718_281_828_459_045_f64;
+        let v = std::f64::consts::E;
         let be = v.to_be_bytes();
         let abcd: Vec<u16> = be.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
         assert_eq!(decode(DataType::Double, ABCD, None, &abcd), Ok(Raw::Float(v)));
@@ -181,22 +181,42 @@ mod tests {
 
     #[test]
     fn sixteen_bit_byte_swap_and_bits() {
-        assert_eq!(decode(DataType::UInt16, DCBA, None, &[0x3412]), Ok(Raw::UInt(0x1234)));
-        assert_eq!(decode(DataType::UInt16, CDAB, None, &[0x3412]), Ok(Raw::UInt(0x3412)));
-        assert_eq!(decode(DataType::Int16, ABCD, None, &[0xFB2E]), Ok(Raw::Int(-1234)));
+        assert_eq!(
+            decode(DataType::UInt16, DCBA, None, &[0x3412]),
+            Ok(Raw::UInt(0x1234))
+        );
+        assert_eq!(
+            decode(DataType::UInt16, CDAB, None, &[0x3412]),
+            Ok(Raw::UInt(0x3412))
+        );
+        assert_eq!(
+            decode(DataType::Int16, ABCD, None, &[0xFB2E]),
+            Ok(Raw::Int(-1234))
+        );
         let bits: Vec<bool> = (0..16)
             .map(|b| decode(DataType::Boolean, ABCD, Some(b), &[0xA009]) == Ok(Raw::Bool(true)))
             .collect();
-        let set: Vec<usize> = bits.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i).collect();
+        let set: Vec<usize> = bits
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b)
+            .map(|(i, _)| i)
+            .collect();
         assert_eq!(set, [0, 3, 13, 15]);
     }
 
     #[test]
     fn strings_trim_and_swap() {
         let regs = [0x5055, 0x4D50, 0x2D37, 0x0000, 0x0000]; // "PUMP-7" + NULs
-        assert_eq!(decode(DataType::String, ABCD, None, &regs), Ok(Raw::String("PUMP-7".into())));
+        assert_eq!(
+            decode(DataType::String, ABCD, None, &regs),
+            Ok(Raw::String("PUMP-7".into()))
+        );
         let swapped = [0x4241, 0x3231, 0x2020]; // "AB12  " byte-swapped
-        assert_eq!(decode(DataType::String, DCBA, None, &swapped), Ok(Raw::String("AB12".into())));
+        assert_eq!(
+            decode(DataType::String, DCBA, None, &swapped),
+            Ok(Raw::String("AB12".into()))
+        );
         assert_eq!(
             encode(DataType::String, ABCD, 5, &Raw::String("PUMP-7".into())).as_deref(),
             Ok(&regs[..])

@@ -92,7 +92,10 @@ pub fn link(transport: Transport) -> Arc<Link> {
 }
 
 fn host_port(endpoint: &str) -> String {
-    if endpoint.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    if endpoint
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         endpoint.to_string()
     } else {
         format!("{endpoint}:502")
@@ -141,7 +144,12 @@ impl Link {
 
     /// One request/response exchange with unit `unit`, bounded by `timeout`
     /// (connecting, if needed, has its own `timeout`).
-    pub async fn call(&self, unit: u8, request: Request<'static>, timeout: Duration) -> Result<Response, CallError> {
+    pub async fn call(
+        &self,
+        unit: u8,
+        request: Request<'static>,
+        timeout: Duration,
+    ) -> Result<Response, CallError> {
         let mut conn = self.conn.lock().await;
         if conn.is_none() {
             match tokio::time::timeout(timeout, connect(&self.transport)).await {

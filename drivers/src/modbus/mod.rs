@@ -253,11 +253,15 @@ impl<H: DriverHost> Driver<H> {
         let n = usize::from(count);
         match self.call(request, requests).await? {
             // Bits come padded to whole bytes.
-            Response::ReadCoils(mut b) | Response::ReadDiscreteInputs(mut b) if b.len() >= n && b.len() < n + 8 => {
+            Response::ReadCoils(mut b) | Response::ReadDiscreteInputs(mut b)
+                if b.len() >= n && b.len() < n + 8 =>
+            {
                 b.truncate(n);
                 Ok(Data::Bits(b))
             }
-            Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w) if w.len() == n => Ok(Data::Words(w)),
+            Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w) if w.len() == n => {
+                Ok(Data::Words(w))
+            }
             other => Err(CallError::Protocol(format!(
                 "{} {address}+{count}: unexpected reply {}",
                 r.table.as_str(),
@@ -267,7 +271,12 @@ impl<H: DriverHost> Driver<H> {
     }
 
     /// Polls one scan group and publishes its frame.
-    async fn poll(&mut self, group: &ScanGroup, pipeline: &mut Pipeline, skipped_ticks: u32) -> Result<(), DriverError> {
+    async fn poll(
+        &mut self,
+        group: &ScanGroup,
+        pipeline: &mut Pipeline,
+        skipped_ticks: u32,
+    ) -> Result<(), DriverError> {
         let t0 = Instant::now();
         let mut requests = 0u32;
         let mut errors: Vec<PollError> = Vec::new();
@@ -297,7 +306,9 @@ impl<H: DriverHost> Driver<H> {
                 errors.push(poll_error(e));
             }
             for (i, p) in &r.tags {
-                let Some(tag) = self.device.tags.get(*i) else { continue };
+                let Some(tag) = self.device.tags.get(*i) else {
+                    continue;
+                };
                 let offset = usize::from(p.address - r.address);
                 let s = match &result {
                     Ok(Data::Bits(b)) => match b.get(offset) {
@@ -416,13 +427,17 @@ impl<H: DriverHost> Driver<H> {
         let request = match (point.table, point.bit, &raw) {
             (Table::Coil, _, Raw::Bool(b)) => Request::WriteSingleCoil(point.address, *b),
             (Table::Holding, Some(_), _) => {
-                return rejected("writing one bit of a register is not supported; write the whole register".into())
+                return rejected(
+                    "writing one bit of a register is not supported; write the whole register".into(),
+                )
             }
-            (Table::Holding, None, raw) => match codec::encode(tag.data_type, point.byte_order, point.count, raw) {
-                Ok(regs) if regs.len() == 1 => Request::WriteSingleRegister(point.address, regs[0]),
-                Ok(regs) => Request::WriteMultipleRegisters(point.address, Cow::Owned(regs)),
-                Err(m) => return rejected(m),
-            },
+            (Table::Holding, None, raw) => {
+                match codec::encode(tag.data_type, point.byte_order, point.count, raw) {
+                    Ok(regs) if regs.len() == 1 => Request::WriteSingleRegister(point.address, regs[0]),
+                    Ok(regs) => Request::WriteMultipleRegisters(point.address, Cow::Owned(regs)),
+                    Err(m) => return rejected(m),
+                }
+            }
             (t, _, _) => return rejected(format!("{} cannot be written", t.as_str())),
         };
         let mut requests = 0;

@@ -61,8 +61,8 @@ pub fn plan(device: &DeviceConfig, opts: &ModbusDevice) -> Result<Plan, String> 
         let TagOptions::Modbus(o) = &tag.driver else {
             return Err(format!("tag {:?} has no Modbus options", tag.name));
         };
-        let point =
-            config::modbus::resolve(opts, tag, o).map_err(|(key, m)| format!("tag {:?}: {key}: {m}", tag.name))?;
+        let point = config::modbus::resolve(opts, tag, o)
+            .map_err(|(key, m)| format!("tag {:?}: {key}: {m}", tag.name))?;
         by_period
             .entry(tag.effective_scan(device))
             .or_default()
@@ -307,7 +307,14 @@ mod tests {
         let p = plan(&d, &o).unwrap();
         assert_eq!(p.groups.len(), 2);
         assert_eq!(p.groups[0].period, Duration::from_millis(100));
-        assert_eq!(spans(&p), [(Table::Holding, 2, 1, 1), (Table::Holding, 0, 1, 1), (Table::Holding, 1, 1, 1)]);
+        assert_eq!(
+            spans(&p),
+            [
+                (Table::Holding, 2, 1, 1),
+                (Table::Holding, 0, 1, 1),
+                (Table::Holding, 1, 1, 1)
+            ]
+        );
     }
 
     #[test]

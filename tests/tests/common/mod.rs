@@ -283,14 +283,23 @@ impl Gateway {
             .expect("POST");
         let status = resp.status().as_u16();
         let text = resp.text().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
     }
 }
 
 /// The latest sample of every tag of `device` in `frames` (`tag → sample`).
-pub fn latest_samples(frames: &[serde_json::Value], device: &str) -> std::collections::HashMap<String, serde_json::Value> {
+pub fn latest_samples(
+    frames: &[serde_json::Value],
+    device: &str,
+) -> std::collections::HashMap<String, serde_json::Value> {
     let mut out = std::collections::HashMap::new();
-    for f in frames.iter().filter(|f| f["type"] == "DATA" && f["device"] == device) {
+    for f in frames
+        .iter()
+        .filter(|f| f["type"] == "DATA" && f["device"] == device)
+    {
         for s in f["samples"].as_array().into_iter().flatten() {
             out.insert(s["tag"].as_str().unwrap_or_default().to_string(), s.clone());
         }

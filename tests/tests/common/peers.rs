@@ -32,7 +32,11 @@ impl ModbusServer {
     /// An RTU server on serial device `tty`.
     pub fn rtu(dir: &Path, tty: &Path, baud: u32) -> ModbusServer {
         let tty_s = tty.display().to_string();
-        Self::start(dir, &["--rtu", &tty_s, "--baud", &baud.to_string()], tty_s.clone())
+        Self::start(
+            dir,
+            &["--rtu", &tty_s, "--baud", &baud.to_string()],
+            tty_s.clone(),
+        )
     }
 
     fn start(dir: &Path, args: &[&str], address: String) -> ModbusServer {
@@ -88,7 +92,11 @@ impl ModbusServer {
     }
 
     /// Waits until the server printed a write matching `pred`.
-    pub fn wait_write(&self, limit: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_write(
+        &self,
+        limit: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let t0 = Instant::now();
         loop {
             if let Some(w) = self.writes().into_iter().find(|w| pred(w)) {
@@ -126,7 +134,10 @@ impl PtyPair {
             .expect("socat must be installed (scripts/test.sh installs it)");
         let t0 = Instant::now();
         while !(a.exists() && b.exists()) {
-            assert!(t0.elapsed() < Duration::from_secs(10), "socat did not create the pty pair");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "socat did not create the pty pair"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         PtyPair { child, a, b }
