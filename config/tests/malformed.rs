@@ -1014,3 +1014,133 @@ fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
+
+// ---------------------------------------------------------------- modbus
+
+const PLC: &str = concat!(
+    "name = \"plc\"\n",               // 1
+    "protocol = \"modbus-tcp\"\n",    // 2
+    "endpoint = \"127.0.0.1:502\"\n", // 3
+    "unit_id = 1\n",                  // 4
+    "\n",                             // 5
+    "[[tags]]\n",                     // 6
+    "name = \"temp\"\n",              // 7
+    "address = \"40001\"\n",          // 8
+    "data_type = \"float32\"\n",      // 9
+    "byte_order = \"CDAB\"\n",        // 10
+    "\n",                             // 11
+    "[[tags]]\n",                     // 12
+    "name = \"running\"\n",           // 13
+    "table = \"coil\"\n",             // 14
+    "address = 0\n",                  // 15
+    "data_type = \"bool\"\n",         // 16
+    "access = \"ReadWrite\"\n",       // 17
+);
+
+const P: &str = "devices/plc.toml";
+
+fn with_plc(plc: &str) -> Tree {
+    let t = Tree::base();
+    t.write(P, plc);
+    t
+}
+
+#[test]
+fn modbus_device_loads_with_resolved_options() {
+    let c = with_plc(PLC).ok();
+    let d = c.device("plc").unwrap();
+    let config::DriverOptions::Modbus(m) = &d.driver else {
+        panic!("not modbus: {d:?}")
+    };
+    assert_eq!(
+        (m.unit_id, m.max_registers_per_request, m.busy_retries),
+        (1, 125, 3)
+    );
+    let config::TagOptions::Modbus(o) = &d.tags[1].driver else {
+        panic!()
+    };
+    let p = config::modbus::resolve(m, &d.tags[1], o).unwrap();
+    assert_eq!((p.table, p.address, p.count), (config::Table::Coil, 0, 1));
+    // `address = 0` (an integer) is kept as text.
+    assert_eq!(d.tags[1].address, "0");
+}
+
+#[test]
+fn modbus_bad_modicon_address() {
+    let errs = with_plc(&edit(PLC, "\"40001\"", "\"50001\"")).errors();
+    expect(&errs, P, "tags[0].address", (8, 11), "table digit 5");
+    count(&errs, 1);
+}
+
+#[test]
+fn modbus_string_without_length_and_typo_in_a_modbus_key() {
+    let plc = edit(PLC, "\"float32\"", "\"string\"");
+    let plc = edit(&plc, "byte_order = \"CDAB\"", "byte_ordr = \"BA\"");
+    let errs = with_plc(&plc).errors();
+    let e = expect(&errs, P, "tags[0].byte_ordr", (10, 1), "unknown key");
+    assert!(e.message.contains("did you mean `byte_order`"), "{e}");
+    count(&errs, 1);
+    let errs = with_plc(&edit(PLC, "\"float32\"", "\"string\"")).errors();
+    expect(&errs, P, "tags[0].data_type", (9, 13), "needs `length`");
+    count(&errs, 1);
+}
+
+#[test]
+fn modbus_serial_key_on_a_tcp_device_and_limits() {
+    let plc = edit(
+        PLC,
+        "unit_id = 1\n",
+        "unit_id = 1\nbaud_rate = 9600\nmax_registers_per_request = 200\n",
+    );
+    let errs = with_plc(&plc).errors();
+    expect(&errs, P, "baud_rate", (5, 13), "serial-line key");
+    expect(&errs, P, "max_registers_per_request", (6, 29), "1..=125");
+    count(&errs, 2);
+}
+
+#[test]
+fn modbus_read_only_table_cannot_be_written() {
+    let errs = with_plc(&edit(PLC, "table = \"coil\"", "table = \"discrete_input\"")).errors();
+    expect(&errs, P, "tags[1].access", (17, 10), "read-only table");
+    count(&errs, 1);
+}
+
+#[test]
+fn modbus_devices_sharing_a_port_must_agree_on_its_settings() {
+    let rtu = |name: &str, unit: u8, baud: u32| {
+        format!(
+            "name = \"{name}\"\nprotocol = \"modbus-rtu\"\nport = \"/dev/ttyUSB0\"\nbaud_rate = {baud}\nunit_id = {unit}\n\n\
+             [[tags]]\nname = \"v\"\naddress = \"40001\"\ndata_type = \"uint16\"\n"
+        )
+    };
+    let t = Tree::base();
+    t.write("devices/m1.toml", rtu("m1", 1, 9600));
+    t.write("devices/m2.toml", rtu("m2", 2, 19200));
+    let errs = t.errors();
+    let e = expect(
+        &errs,
+        "devices/m2.toml",
+        "port",
+        (3, 8),
+        "shared with device \"m1\"",
+    );
+    assert!(e.message.contains("9600 baud"), "{e}");
+    count(&errs, 1);
+    // Same settings: fine, and the port is the endpoint.
+    t.write("devices/m2.toml", rtu("m2", 2, 9600));
+    let c = t.ok();
+    assert_eq!(c.device("m2").unwrap().endpoint, "/dev/ttyUSB0");
+    // A serial device without `port`.
+    t.write(
+        "devices/m2.toml",
+        rtu("m2", 2, 9600).replace("port = ", "endpoint = "),
+    );
+    let errs = t.errors();
+    expect(
+        &errs,
+        "devices/m2.toml",
+        "endpoint",
+        (3, 12),
+        "addressed by `port",
+    );
+}

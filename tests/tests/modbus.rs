@@ -461,3 +461,75 @@ fn writes_reach_the_device_and_are_recorded_on_the_bus() {
         "{metrics}"
     );
 }
+
+#[test]
+fn rtu_over_tcp_reads_two_units_through_one_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ModbusServer::rtu_over_tcp(tmp.path());
+    let head = format!(
+        "protocol = \"modbus-rtu-over-tcp\"\nendpoint = \"{}\"\nscan_interval = \"200ms\"\ntimeout = \"2s\"",
+        server.address
+    );
+    let tags = ["name = \"hr0\"\naddress = \"40001\"\ndata_type = \"uint16\""];
+    let demo = DemoDir::with_devices(&[
+        device("unit-1", &format!("{head}\nunit_id = 1"), &tags),
+        device("unit-2", &format!("{head}\nunit_id = 2"), &tags),
+    ]);
+    let mut g = Gateway::start(&demo, &[]);
+    assert_eq!(
+        wait_samples(&mut g, &demo, "unit-1", 1)["hr0"]["value"],
+        json!(12345)
+    );
+    assert_eq!(
+        wait_samples(&mut g, &demo, "unit-2", 1)["hr0"]["value"],
+        json!(2222)
+    );
+    assert_eq!(g.metric_sum("gateway_device_errors_total").unwrap_or(0.0), 0.0);
+}
+
+#[test]
+fn a_silent_slave_does_not_starve_the_others_on_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pty = PtyPair::new(tmp.path());
+    let _server = ModbusServer::rtu(tmp.path(), &pty.b, 19200);
+    let line = format!(
+        "protocol = \"modbus-rtu\"\nport = \"{}\"\nbaud_rate = 19200\nscan_interval = \"200ms\"\ntimeout = \"300ms\"\n\
+         max_retries = 2\nretry_interval = \"200ms\"\nmax_retry_interval = \"1s\"",
+        pty.a.display()
+    );
+    let tags = ["name = \"hr0\"\naddress = \"40001\"\ndata_type = \"uint16\""];
+    // Unit 5 does not exist: on a serial line nobody answers, every request times out.
+    let demo = DemoDir::with_devices(&[
+        device("slave-1", &format!("{line}\nunit_id = 1"), &tags),
+        device("ghost", &format!("{line}\nunit_id = 5"), &tags),
+    ]);
+    let mut g = Gateway::start(&demo, &[]);
+    g.wait_until("the ghost to go Offline", LIMIT, |_| {
+        wal_frames(&demo.wal()).iter().any(|f| {
+            f["kind"] == "DEVICE_STATUS_CHANGED" && f["device"] == "ghost" && f["status"] == "Offline"
+        })
+    });
+    let good = |demo: &DemoDir| {
+        wal_frames(&demo.wal())
+            .iter()
+            .filter(|f| f["type"] == "DATA" && f["device"] == "slave-1")
+            .filter(|f| f["samples"][0]["quality"] == "GOOD")
+            .count()
+    };
+    let before = good(&demo);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = good(&demo);
+    // 3 s at 200 ms is 15 polls; the ghost's 300 ms timeouts (backed off
+    // to one per second) may delay some, but slave-1 keeps its turns.
+    assert!(
+        after - before >= 6,
+        "slave-1 got {} good polls in 3 s",
+        after - before
+    );
+    let (_, metrics) = g.get("/metrics").unwrap();
+    assert!(
+        !metrics.contains(r#"gateway_device_errors_total{device="slave-1""#),
+        "slave-1 must not fail because of the ghost:\n{metrics}"
+    );
+    assert!(metrics.contains(r#"gateway_device_errors_total{device="ghost",kind="timeout",code="-1"}"#));
+}

@@ -29,6 +29,12 @@ impl ModbusServer {
         Self::start(dir, &["--tcp", &address], address.clone())
     }
 
+    /// RTU framing over TCP on a free loopback port (a serial device server).
+    pub fn rtu_over_tcp(dir: &Path) -> ModbusServer {
+        let address = format!("127.0.0.1:{}", super::free_port());
+        Self::start(dir, &["--rtu-over-tcp", &address], address.clone())
+    }
+
     /// An RTU server on serial device `tty`.
     pub fn rtu(dir: &Path, tty: &Path, baud: u32) -> ModbusServer {
         let tty_s = tty.display().to_string();
