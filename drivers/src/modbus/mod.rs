@@ -475,3 +475,42 @@ fn describe(r: &Response) -> String {
         other => format!("{other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn group(period_ms: u64, next: Instant) -> GroupState {
+        GroupState {
+            group: ScanGroup {
+                period: Duration::from_millis(period_ms),
+                requests: Vec::new(),
+            },
+            next,
+            skipped: 0,
+        }
+    }
+
+    #[test]
+    fn next_deadline_follows_the_previous_one_and_overruns_skip_ticks() {
+        // On time: the next deadline is the previous one plus the period,
+        // however long the poll took (no drift).
+        let t0 = Instant::now();
+        let mut g = group(1000, t0);
+        assert_eq!(reschedule(&mut g, None), 0);
+        assert_eq!(g.next, t0 + Duration::from_millis(1000));
+        // A poll that overran by 3.5 periods skips the 4 ticks in the past.
+        let late = Instant::now() - Duration::from_millis(350);
+        let mut g = group(100, late);
+        assert_eq!(reschedule(&mut g, None), 3);
+        assert!(g.next > Instant::now());
+        assert_eq!((g.next - late).as_millis() % 100, 0, "still on the grid");
+        // A backoff moves the deadline past itself without counting skips.
+        let t0 = Instant::now();
+        let mut g = group(100, t0);
+        let hold = t0 + Duration::from_millis(1050);
+        assert_eq!(reschedule(&mut g, Some(hold)), 0);
+        assert!(g.next >= hold && g.next < hold + Duration::from_millis(100));
+    }
+}
