@@ -443,6 +443,9 @@ class PeerServerMixin:
     delay_file: str | None = None
 
     def callback_new_connection(self):
+        # One line per accepted connection, so tests can see reconnects
+        # (e.g. close_connection_after_poll).
+        emit(json.dumps({"connected": True}))
         return PeerRequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
 
 

@@ -533,3 +533,40 @@ fn a_silent_slave_does_not_starve_the_others_on_its_line() {
     );
     assert!(metrics.contains(r#"gateway_device_errors_total{device="ghost",kind="timeout",code="-1"}"#));
 }
+
+#[test]
+fn devices_on_one_endpoint_share_a_connection_unless_told_to_close_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = ModbusServer::tcp(tmp.path());
+    let closing = ModbusServer::tcp(tmp.path());
+    let head = |addr: &str, extra: &str| {
+        format!("protocol = \"modbus-tcp\"\nendpoint = \"{addr}\"\nscan_interval = \"100ms\"\ntimeout = \"2s\"\n{extra}")
+    };
+    let tags = ["name = \"hr0\"\naddress = \"40001\"\ndata_type = \"uint16\""];
+    let demo = DemoDir::with_devices(&[
+        device("a", &head(&shared.address, "unit_id = 1"), &tags),
+        device("b", &head(&shared.address, "unit_id = 2"), &tags),
+        device(
+            "c",
+            &head(
+                &closing.address,
+                "unit_id = 1\nclose_connection_after_poll = true",
+            ),
+            &tags,
+        ),
+    ]);
+    let mut g = Gateway::start(&demo, &[]);
+    let polls = |g: &Gateway| g.metric_sum("gateway_device_polls_total").unwrap_or(0.0);
+    g.wait_until("30 polls", LIMIT, |g| polls(g) >= 30.0);
+    assert_eq!(
+        shared.connections(),
+        1,
+        "units 1 and 2 of one endpoint share one connection"
+    );
+    assert!(
+        closing.connections() >= 5,
+        "close_connection_after_poll reconnects every poll; {} connections",
+        closing.connections()
+    );
+    assert_eq!(g.metric_sum("gateway_device_errors_total").unwrap_or(0.0), 0.0);
+}

@@ -18,6 +18,8 @@ pub struct ModbusServer {
     pub address: String,
     /// JSON lines the server printed for each write it served.
     writes: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Connections the server accepted.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     /// Seconds the server waits before each answer (`--delay-file`).
     pub delay_file: PathBuf,
 }
@@ -61,14 +63,19 @@ impl ModbusServer {
         let stdout = child.stdout.take().expect("stdout");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let writes = Arc::new(Mutex::new(Vec::new()));
-        let w = writes.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (w, c) = (writes.clone(), connections.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if line.trim() == "READY" {
                     let _ = ready_tx.send(());
                 } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    w.lock().unwrap().push(v);
+                    if v["connected"] == true {
+                        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    } else {
+                        w.lock().unwrap().push(v);
+                    }
                 }
             }
         });
@@ -84,6 +91,7 @@ impl ModbusServer {
             child,
             address,
             writes,
+            connections,
             delay_file,
         }
     }
@@ -91,6 +99,11 @@ impl ModbusServer {
     /// Makes every answer wait `secs` (0 = answer at once).
     pub fn set_delay(&self, secs: f64) {
         std::fs::write(&self.delay_file, secs.to_string()).unwrap();
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn writes(&self) -> Vec<serde_json::Value> {
