@@ -190,6 +190,28 @@ pub struct TagConfig {
 }
 
 impl TagConfig {
+    /// A readable, enabled tag with the defaults of a device file
+    /// (scaling 1, offset 0, no range, deadband or scan rate override).
+    pub fn new(name: &str, address: &str, data_type: DataType, driver: TagOptions) -> TagConfig {
+        TagConfig {
+            name: name.into(),
+            description: None,
+            address: address.into(),
+            data_type,
+            access: Access::Read,
+            unit: None,
+            scaling: 1.0,
+            offset: 0.0,
+            min_value: None,
+            max_value: None,
+            deadband: None,
+            max_report_interval: None,
+            scan_rate: None,
+            enabled: true,
+            driver,
+        }
+    }
+
     /// How often this tag is read.
     pub fn effective_scan(&self, device: &DeviceConfig) -> Duration {
         self.scan_rate.unwrap_or(device.scan_interval)

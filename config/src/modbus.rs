@@ -396,7 +396,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{Access, TagOptions};
+    use crate::device::TagOptions;
 
     fn device(base: Option<u16>) -> ModbusDevice {
         let mut d: ModbusDevice = toml::from_str("").unwrap();
@@ -405,23 +405,7 @@ mod tests {
     }
 
     fn tag(address: &str, dt: DataType) -> TagConfig {
-        TagConfig {
-            name: "t".into(),
-            description: None,
-            address: address.into(),
-            data_type: dt,
-            access: Access::Read,
-            unit: None,
-            scaling: 1.0,
-            offset: 0.0,
-            min_value: None,
-            max_value: None,
-            deadband: None,
-            max_report_interval: None,
-            scan_rate: None,
-            enabled: true,
-            driver: TagOptions::Modbus(ModbusTag::default()),
-        }
+        TagConfig::new("t", address, dt, TagOptions::Modbus(ModbusTag::default()))
     }
 
     fn at(

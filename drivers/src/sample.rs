@@ -233,23 +233,16 @@ mod tests {
     use std::time::Duration;
 
     fn tag(dt: DataType, scaling: f64, offset: f64) -> TagConfig {
-        TagConfig {
-            name: "t".into(),
-            description: None,
-            address: "40001".into(),
-            data_type: dt,
-            access: config::Access::ReadWrite,
-            unit: None,
-            scaling,
-            offset,
-            min_value: None,
-            max_value: None,
-            deadband: None,
-            max_report_interval: None,
-            scan_rate: None,
-            enabled: true,
-            driver: config::TagOptions::Modbus(config::ModbusTag::default()),
-        }
+        let mut t = TagConfig::new(
+            "t",
+            "40001",
+            dt,
+            config::TagOptions::Modbus(config::ModbusTag::default()),
+        );
+        t.access = config::Access::ReadWrite;
+        t.scaling = scaling;
+        t.offset = offset;
+        t
     }
 
     #[test]

@@ -11,10 +11,43 @@
 //! Shared wire format of `wal_crash_child`'s stdout (one line per event):
 //! `P <seq> <publisher> <counter>` for an acknowledged publish,
 //! `A <seq>` for a consumer acknowledgement, `READY` once the bus is open.
+//!
+//! * `runtime_bench`, `modbus_bench` — benchmarks of the real binary; they
+//!   read the gateway's CPU time and memory with [`proc_stats`].
 
 /// Payload of publisher `p`'s `n`-th frame, as written by `wal_crash_child`.
 pub fn crash_payload(publisher: u64, counter: u64) -> Vec<u8> {
     let mut v = format!("p{publisher}-n{counter}|").into_bytes();
     v.resize(96, (publisher * 7 + counter) as u8);
     v
+}
+
+/// CPU time and memory of a process, from `/proc` (Linux), for benchmarks.
+pub mod proc_stats {
+    use anyhow::{Context, Result};
+
+    /// utime + stime of `pid`, in clock ticks (`sysconf(_SC_CLK_TCK)` per second).
+    pub fn cpu_ticks(pid: u32) -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the ")" of the command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').context("stat format")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
+    }
+
+    /// Clock ticks per second.
+    pub fn ticks_per_sec() -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+    }
+
+    /// A `/proc/<pid>/status` memory field in KiB: `"VmHWM:"` (peak RSS) or `"VmRSS:"` (now).
+    pub fn memory_kib(pid: u32, field: &str) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+        Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
+    }
 }

@@ -165,23 +165,7 @@ mod tests {
     }
 
     fn tag(name: &str, address: &str, dt: DataType) -> TagConfig {
-        TagConfig {
-            name: name.into(),
-            description: None,
-            address: address.into(),
-            data_type: dt,
-            access: Access::Read,
-            unit: None,
-            scaling: 1.0,
-            offset: 0.0,
-            min_value: None,
-            max_value: None,
-            deadband: None,
-            max_report_interval: None,
-            scan_rate: None,
-            enabled: true,
-            driver: TagOptions::Modbus(ModbusTag::default()),
-        }
+        TagConfig::new(name, address, dt, TagOptions::Modbus(ModbusTag::default()))
     }
 
     fn device(tags: Vec<TagConfig>, o: &ModbusDevice) -> DeviceConfig {

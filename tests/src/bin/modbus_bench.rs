@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use tests::proc_stats;
 use tokio_modbus::prelude::*;
 use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
 
@@ -144,23 +145,6 @@ fn write_config(dir: &Path, s: &Scenario, farm: &[SocketAddr], port: u16) -> Res
     Ok(dir.join("gateway.toml"))
 }
 
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
-}
-
-/// `VmHWM:` (peak) or `VmRSS:` (now) of `pid`, in KiB.
-fn rss_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .context("no such field")?;
-    Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
-}
-
 fn metric(port: u16, name: &str) -> Result<f64> {
     let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))?.text()?;
     Ok(body
@@ -205,7 +189,7 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, farm: &[SocketAddr], secs
                 metric(port, "gateway_samples_published_total")?,
                 metric(port, "gateway_device_requests_total")?,
                 metric(port, "gateway_device_polls_total")?,
-                cpu_ticks(pid)?,
+                proc_stats::cpu_ticks(pid)?,
             ))
         };
         let (s0, r0, p0, c0) = snap()?;
@@ -217,14 +201,13 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, farm: &[SocketAddr], secs
         if errors > 0.0 {
             bail!("{errors} device errors during the run");
         }
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let hz = proc_stats::ticks_per_sec();
         Ok(Measured {
             tags_per_sec: (s1 - s0) / dt,
             requests_per_poll: (r1 - r0) / (p1 - p0).max(1.0),
             cpu_share: (c1 - c0) as f64 / hz / dt,
-            peak_rss_mib: rss_kib(pid, "VmHWM:")? as f64 / 1024.0,
-            rss_mib: rss_kib(pid, "VmRSS:")? as f64 / 1024.0,
+            peak_rss_mib: proc_stats::memory_kib(pid, "VmHWM:")? as f64 / 1024.0,
+            rss_mib: proc_stats::memory_kib(pid, "VmRSS:")? as f64 / 1024.0,
         })
     })();
     // SAFETY: SIGTERM to our own child.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use frame_bus::{BusConfig, FrameBus};
 use proto::{DataFrame, FrameType, Message, Sample, Value};
+use tests::proc_stats;
 
 struct Scenario {
     name: &'static str,
@@ -81,23 +82,6 @@ fn write_config(dir: &Path, s: &Scenario, port: u16) -> Result<PathBuf> {
     Ok(dir.join("gateway.toml"))
 }
 
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the ")" of the command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
-}
-
-fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("VmHWM")?;
-    Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
-}
-
 fn samples(port: u16) -> Result<f64> {
     let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))?.text()?;
     Ok(body
@@ -135,16 +119,19 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, secs: u64) -> Result<Meas
             std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(Duration::from_secs(2)); // warm-up
-        let (s0, c0, t0) = (samples(port)?, cpu_ticks(pid)?, Instant::now());
+        let (s0, c0, t0) = (samples(port)?, proc_stats::cpu_ticks(pid)?, Instant::now());
         std::thread::sleep(Duration::from_secs(secs));
-        let (s1, c1, dt) = (samples(port)?, cpu_ticks(pid)?, t0.elapsed().as_secs_f64());
+        let (s1, c1, dt) = (
+            samples(port)?,
+            proc_stats::cpu_ticks(pid)?,
+            t0.elapsed().as_secs_f64(),
+        );
         eprintln!("{}: {s0} -> {s1} samples in {dt:.2} s", s.name);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let hz = proc_stats::ticks_per_sec();
         Ok(Measured {
             samples_per_sec: (s1 - s0) / dt,
             cpu_share: (c1 - c0) as f64 / hz / dt,
-            peak_rss_mib: peak_rss_kib(pid)? as f64 / 1024.0,
+            peak_rss_mib: proc_stats::memory_kib(pid, "VmHWM:")? as f64 / 1024.0,
         })
     })();
     // SAFETY: SIGTERM to our own child.
