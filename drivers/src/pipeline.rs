@@ -10,11 +10,11 @@
 
 use std::sync::Arc;
 
-use proto::{DataFrame, EventFrame};
+use proto::{DataFrame, EventFrame, Sample};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::{DriverError, DriverHost, HostError};
+use crate::{DriverError, DriverHost, ErrorKind, HostError, PollError, PollReport};
 
 /// Frames a device may have queued for the bus.
 pub const DEPTH: usize = 32;
@@ -53,6 +53,36 @@ impl Pipeline {
     /// publisher's error once the bus refused a frame.
     pub async fn send(&mut self, frame: DataFrame) -> Result<(), DriverError> {
         self.push(Publication::Data(frame)).await
+    }
+
+    /// Ends a poll: queues its samples as one frame of `device` (none when
+    /// every sample was withheld) and reports the poll to `host`. A frame
+    /// the bus refused is reported as a `bus` error and returned.
+    pub async fn finish_poll<H: DriverHost>(
+        &mut self,
+        host: &H,
+        device: &str,
+        samples: Vec<Sample>,
+        mut report: PollReport,
+    ) -> Result<(), DriverError> {
+        report.samples = samples.len();
+        if !samples.is_empty() {
+            let frame = DataFrame {
+                device_id: device.to_string(),
+                samples,
+            };
+            if let Err(e) = self.send(frame).await {
+                report.samples = 0;
+                report.errors.push(PollError {
+                    kind: ErrorKind::Bus,
+                    code: 0,
+                });
+                host.poll_finished(&report);
+                return Err(e);
+            }
+        }
+        host.poll_finished(&report);
+        Ok(())
     }
 
     /// Queues an event behind the frames already queued.

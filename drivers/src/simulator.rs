@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use config::{ConstantValue, DeviceConfig, DriverOptions, Generator, TagConfig, TagOptions};
-use proto::{DataFrame, Sample};
+use proto::Sample;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -218,7 +218,7 @@ pub async fn run<H: DriverHost>(
         }
         let duration = t0.elapsed();
         let n = samples.len();
-        let mut report = PollReport {
+        let report = PollReport {
             duration,
             samples: n,
             suppressed: u32::try_from(group.tags.len() - n).unwrap_or(u32::MAX),
@@ -233,22 +233,9 @@ pub async fn run<H: DriverHost>(
             },
             ..PollReport::default()
         };
-        if n > 0 {
-            let frame = DataFrame {
-                device_id: device.name.clone(),
-                samples,
-            };
-            if let Err(e) = pipeline.send(frame).await {
-                report.samples = 0;
-                report.errors.push(PollError {
-                    kind: ErrorKind::Bus,
-                    code: 0,
-                });
-                host.poll_finished(&report);
-                return Err(e);
-            }
-        }
-        host.poll_finished(&report);
+        pipeline
+            .finish_poll(host.as_ref(), &device.name, samples, report)
+            .await?;
         // Next tick: the next multiple of the period after now (skip missed ones).
         let now = Instant::now();
         let period = group.period;

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use config::{Access, DeviceConfig, DriverOptions, ModbusDevice, Protocol, Table, TagOptions};
-use proto::{DataFrame, Sample};
+use proto::Sample;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_modbus::prelude::{Request, Response};
@@ -359,32 +359,17 @@ impl<H: DriverHost> Driver<H> {
                 .send_event(status_event(&self.device.name, online, &reason, now_ns()))
                 .await?;
         }
-        let n = samples.len();
-        let mut report = PollReport {
+        let report = PollReport {
             duration,
-            samples: n,
             requests,
             suppressed,
             skipped_ticks,
             errors,
+            ..PollReport::default()
         };
-        if n > 0 {
-            let frame = DataFrame {
-                device_id: self.device.name.clone(),
-                samples,
-            };
-            if let Err(e) = pipeline.send(frame).await {
-                report.samples = 0;
-                report.errors.push(PollError {
-                    kind: ErrorKind::Bus,
-                    code: 0,
-                });
-                self.host.poll_finished(&report);
-                return Err(e);
-            }
-        }
-        self.host.poll_finished(&report);
-        Ok(())
+        pipeline
+            .finish_poll(self.host.as_ref(), &self.device.name, samples, report)
+            .await
     }
 
     /// Serves one write request.
