@@ -156,17 +156,20 @@ pub struct SinkConfig {
 pub enum SinkKind {
     /// `type = "file"`: decoded frames as JSON Lines in a local file.
     File(FileSinkConfig),
+    /// `type = "influxdb"`: samples and events as line protocol.
+    Influx(Box<crate::influx::InfluxSinkConfig>),
 }
 
 impl SinkKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             SinkKind::File(_) => "file",
+            SinkKind::Influx(_) => "influxdb",
         }
     }
 }
 
-pub(crate) const SINK_TYPES: &[&str] = &["file"];
+pub(crate) const SINK_TYPES: &[&str] = &["file", "influxdb"];
 
 /// `type = "file"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

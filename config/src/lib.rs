@@ -32,6 +32,7 @@ mod alert;
 mod device;
 mod error;
 mod gateway;
+mod influx;
 mod load;
 pub mod modbus;
 mod simulator;
@@ -48,6 +49,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use gateway::{
     FileSinkConfig, GatewayConfig, HttpConfig, SinkConfig, SinkKind, SupervisorConfig, WalConfig, WalSync,
 };
+pub use influx::{InfluxApi, InfluxSinkConfig, UnsignedAs};
 pub use load::EnvLookup;
 pub use modbus::{ByteOrder, ModbusDevice, ModbusPoint, ModbusTag, Parity, SerialSettings, Table};
 pub use simulator::{ConstantValue, Generator, SimulatorDevice, SimulatorTag};
@@ -163,6 +165,14 @@ fn load_gateway(
                 errors,
             )
             .map(SinkKind::File),
+            "influxdb" => de(
+                &src,
+                table_value(vspan, rest),
+                &base,
+                Some(gateway::SINK_KEYS),
+                errors,
+            )
+            .map(|c| SinkKind::Influx(Box::new(c))),
             other => {
                 errors.push(src.error(
                     &format!("{base}.type"),

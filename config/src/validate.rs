@@ -56,6 +56,35 @@ pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigEr
                     e(&format!("{base}.max_file_size"), "must be > 0".into());
                 }
             }
+            SinkKind::Influx(i) => {
+                let k = |key: &str| format!("{base}.{key}");
+                match i.url.split_once("://") {
+                    Some(("http", rest)) if !rest.is_empty() => {}
+                    Some(("https", _)) => e(
+                        &k("url"),
+                        "https is not supported by this build (no TLS); put a TLS proxy in front or use http on a trusted network".into(),
+                    ),
+                    _ => e(&k("url"), format!("{:?} is not an http:// URL", i.url)),
+                }
+                match i.api {
+                    crate::InfluxApi::V1 if i.database.as_deref().is_none_or(|d| d.trim().is_empty()) => {
+                        e(&k("database"), "api = \"v1\" needs `database`".into())
+                    }
+                    crate::InfluxApi::V2 if i.bucket.as_deref().is_none_or(|b| b.trim().is_empty()) => {
+                        e(&k("bucket"), "api = \"v2\" needs `bucket`".into())
+                    }
+                    _ => {}
+                }
+                if i.batch_lines == 0 {
+                    e(&k("batch_lines"), "must be > 0".into());
+                }
+                positive(&mut e, &k("flush_interval"), i.flush_interval);
+                positive(&mut e, &k("timeout"), i.timeout);
+                positive(&mut e, &k("max_retry_interval"), i.max_retry_interval);
+                if i.measurement.trim().is_empty() || i.event_measurement.trim().is_empty() {
+                    e(&k("measurement"), "measurement names must not be empty".into());
+                }
+            }
         }
     }
 }

@@ -50,6 +50,7 @@ pub fn run(path: &Path, plan: bool) -> Result<(), Failure> {
     for (name, s) in &g.sinks {
         let what = match &s.kind {
             SinkKind::File(f) => f.path.display().to_string(),
+            SinkKind::Influx(i) => format!("{} ({:?})", i.url, i.api),
         };
         println!(
             "  {:<20} {:<10} {}{}",

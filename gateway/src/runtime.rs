@@ -317,6 +317,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     move || sinks::file::run(ctx.clone(), f.clone(), path.clone()),
                 )
             }
+            SinkKind::Influx(i) => {
+                let (i, index, dir) = (
+                    (**i).clone(),
+                    sinks::influx::device_index(&config.devices),
+                    g.data_dir.clone(),
+                );
+                supervise(
+                    format!("sink:{name}"),
+                    "sink",
+                    backoff.clone(),
+                    metrics.clone(),
+                    sink_stop_rx.clone(),
+                    on_restart,
+                    move || sinks::influx::run(ctx.clone(), i.clone(), index.clone(), dir.clone()),
+                )
+            }
         };
         info!(sink = name, kind = sink.kind.type_name(), "sink started");
         sink_tasks.push(handle);

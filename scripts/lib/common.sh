@@ -52,3 +52,10 @@ ensure_modbus_peer() {
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
         "pymodbus==$MODBUS_PEER_PYMODBUS" "pyserial==$MODBUS_PEER_PYSERIAL"
 }
+
+# The InfluxDB sink's real servers: Debian's influxd 1.x and VictoriaMetrics
+# (which accepts the InfluxDB v2 write API). The tests start private
+# instances on free loopback ports; the packages' own services stay off.
+ensure_influx_peers() {
+    ensure_deb influxdb victoria-metrics
+}

@@ -5,6 +5,7 @@
 //! crash stores each frame once (invariant 5).
 
 pub mod file;
+pub mod influx;
 
 use std::sync::{Arc, Mutex};
 
@@ -29,6 +30,8 @@ pub struct SinkContext {
 pub enum SinkError {
     #[error("frame bus: {0}")]
     Bus(#[from] frame_bus::BusError),
+    #[error("{0}")]
+    Setup(String),
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,

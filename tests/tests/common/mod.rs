@@ -255,13 +255,21 @@ impl DemoDir {
     /// A config dir with `gateway.toml` (data dir and listen address from
     /// the harness's environment, no sink) and the given device files.
     pub fn with_devices(devices: &[(String, String)]) -> DemoDir {
+        Self::with_gateway(devices, "")
+    }
+
+    /// [`DemoDir::with_devices`] with `extra` appended to `gateway.toml`
+    /// (sinks, more sections).
+    pub fn with_gateway(devices: &[(String, String)], extra: &str) -> DemoDir {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("devices")).unwrap();
         std::fs::write(
             dir.path().join("gateway.toml"),
             "gateway_id = \"test-gw\"\n\
              data_dir = \"${GATEWAY_DATA_DIR}\"\n\
-             [http]\nlisten = \"${GATEWAY_HTTP_LISTEN}\"\n",
+             [http]\nlisten = \"${GATEWAY_HTTP_LISTEN}\"\n"
+                .to_string()
+                + extra,
         )
         .unwrap();
         for (name, body) in devices {

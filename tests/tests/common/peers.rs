@@ -169,3 +169,194 @@ impl Drop for PtyPair {
         let _ = self.child.wait();
     }
 }
+
+/// A private `influxd` 1.x (Debian's `influxdb` package) on free loopback
+/// ports with its data in `dir`; stopped on drop.
+pub struct Influxd {
+    child: Child,
+    pub url: String,
+    conf: PathBuf,
+    log: PathBuf,
+}
+
+impl Influxd {
+    pub fn start(dir: &Path) -> Influxd {
+        let port = super::free_port();
+        let rpc = super::free_port();
+        let root = dir.join(format!("influxd-{port}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let conf = root.join("influxd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n\
+                 [meta]\ndir = \"{r}/meta\"\n[data]\ndir = \"{r}/data\"\nwal-dir = \"{r}/wal\"\nquery-log-enabled = false\n\
+                 [http]\nbind-address = \"127.0.0.1:{port}\"\nlog-enabled = false\n\
+                 [monitor]\nstore-enabled = false\n",
+                r = root.display()
+            ),
+        )
+        .unwrap();
+        let log = root.join("influxd.log");
+        let url = format!("http://127.0.0.1:{port}");
+        let child = Self::spawn(&conf, &log, &url);
+        Influxd {
+            child,
+            url,
+            conf,
+            log,
+        }
+    }
+
+    fn spawn(conf: &Path, log: &Path, url: &str) -> Child {
+        let child = Command::new("influxd")
+            .arg("-config")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("influxd must be installed (Debian package `influxdb`; scripts/test.sh installs it)");
+        let client = reqwest::blocking::Client::new();
+        let t0 = Instant::now();
+        while !client
+            .get(format!("{url}/ping"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(t0.elapsed() < Duration::from_secs(30), "influxd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child
+    }
+
+    /// Kills the server (an outage); `restart` brings it back with its data.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.conf, &self.log, &self.url);
+    }
+
+    /// Runs an InfluxQL statement; the JSON answer.
+    pub fn query(&self, db: &str, q: &str) -> serde_json::Value {
+        let resp = reqwest::blocking::Client::new()
+            .post(format!("{}/query", self.url))
+            .form(&[("db", db), ("q", q), ("epoch", "ns")])
+            .send()
+            .expect("query");
+        let text = resp.text().unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    }
+
+    /// The rows of the first series of a query (`columns` → values).
+    pub fn rows(&self, db: &str, q: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let v = self.query(db, q);
+        let Some(series) = v["results"][0]["series"].as_array() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for s in series {
+            let cols: Vec<String> = s["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            for row in s["values"].as_array().unwrap() {
+                let mut m = serde_json::Map::new();
+                for (c, v) in cols.iter().zip(row.as_array().unwrap()) {
+                    m.insert(c.clone(), v.clone());
+                }
+                if let Some(tags) = s["tags"].as_object() {
+                    for (k, v) in tags {
+                        m.insert(k.clone(), v.clone());
+                    }
+                }
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// Writes raw line protocol (to prepare a conflict).
+    pub fn write(&self, db: &str, lines: &str) {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/write?db={db}&precision=ns", self.url))
+            .body(lines.to_string())
+            .send()
+            .expect("write");
+        assert!(r.status().is_success(), "{:?}", r.text());
+    }
+}
+
+impl Drop for Influxd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private VictoriaMetrics (Debian's `victoria-metrics`), which accepts
+/// the InfluxDB v2 write API; stopped on drop.
+pub struct VictoriaMetrics {
+    child: Child,
+    pub url: String,
+}
+
+impl VictoriaMetrics {
+    pub fn start(dir: &Path) -> VictoriaMetrics {
+        let port = super::free_port();
+        let data = dir.join(format!("vm-{port}"));
+        let child = Command::new("victoria-metrics")
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg(format!("-storageDataPath={}", data.display()))
+            .arg("-search.latencyOffset=0s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("victoria-metrics must be installed (Debian package; scripts/test.sh installs it)");
+        let url = format!("http://127.0.0.1:{port}");
+        let t0 = Instant::now();
+        while !reqwest::blocking::get(format!("{url}/health")).is_ok_and(|r| r.status().is_success()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "victoria-metrics did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        VictoriaMetrics { child, url }
+    }
+
+    /// Every stored sample of series matching `selector`, via `/api/v1/export`
+    /// (one JSON object per series: `metric`, `values`, `timestamps` in ms).
+    pub fn export(&self, selector: &str) -> Vec<serde_json::Value> {
+        let client = reqwest::blocking::Client::new();
+        // Make recently written rows searchable.
+        let _ = client.get(format!("{}/internal/force_flush", self.url)).send();
+        let text = client
+            .get(format!("{}/api/v1/export", self.url))
+            .query(&[("match[]", selector)])
+            .send()
+            .expect("export")
+            .text()
+            .unwrap();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for VictoriaMetrics {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

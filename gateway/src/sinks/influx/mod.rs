@@ -1,0 +1,668 @@
+//! `type = "influxdb"`: samples and events from the bus as InfluxDB line
+//! protocol, through the v1 (`/write`) or v2 (`/api/v2/write`) write API.
+//!
+//! # Guarantees
+//! - The cursor is acknowledged only after the server confirmed every line
+//!   of the batch (2xx), or a line it refused was set aside in the
+//!   dead-letter file (fsynced first). A crash or restart replays the
+//!   unacknowledged frames; since every point's timestamp is the sample's
+//!   source time, a replayed point overwrites itself: **exactly once in
+//!   storage**.
+//! - Network errors, timeouts, 5xx and 429 are retried with exponential
+//!   backoff and jitter (honouring `Retry-After`), 401/403 slowly; the sink
+//!   never skips data because the server is down — frames wait in the WAL.
+//! - 400 (bad data) and 413 (too large) split the batch in halves until
+//!   the offending lines are alone; a single refused line goes to
+//!   `<data_dir>/dead-letter/<sink>.jsonl` and the rest flows. A bad point
+//!   never stops the sink.
+//!
+//! # Mapping
+//! A sample becomes one point of `measurement` (default `device_data`)
+//! with tags `device_id`, `device_name`, `tag_name`, `protocol`,
+//! `location`, `unit` (+ the sink's static `tags`) and fields `value`
+//! (every number, as a float), `value_int` / `value_uint` (integers,
+//! exact), `value_bool`, `value_str`, the same for `raw_value`, `quality`
+//! and `error_code`. InfluxDB fixes a field's type per measurement, so one
+//! typed `value` field could not hold a float for one tag and a boolean
+//! for another; the float `value` is what dashboards query. An event
+//! becomes a point of `event_measurement` (default `alert_events`).
+
+pub mod line;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use config::{DeviceConfig, InfluxApi, InfluxSinkConfig, UnsignedAs};
+use proto::{value::Kind, FrameEnvelope, FrameType, Value};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{SinkContext, SinkError};
+use crate::metrics::SinkLabel;
+use crate::status::lock;
+use crate::supervisor::wait_true;
+use line::{FieldValue, Unsigned};
+
+/// What the sink knows about a device to tag its points.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceMeta {
+    pub protocol: &'static str,
+    pub location: String,
+    pub units: HashMap<String, String>,
+}
+
+/// Devices by name, from the configuration the gateway started with.
+pub type DeviceIndex = Arc<HashMap<String, DeviceMeta>>;
+
+pub fn device_index(devices: &[DeviceConfig]) -> DeviceIndex {
+    Arc::new(
+        devices
+            .iter()
+            .map(|d| {
+                let units = d
+                    .tags
+                    .iter()
+                    .filter_map(|t| Some((t.name.clone(), t.unit.clone()?)))
+                    .collect();
+                let meta = DeviceMeta {
+                    protocol: d.protocol.as_str(),
+                    location: d.location.clone().unwrap_or_default(),
+                    units,
+                };
+                (d.name.clone(), meta)
+            })
+            .collect(),
+    )
+}
+
+/// Lines of one batch: `text[ends[i-1]..ends[i]]` is line `i`, so any run
+/// of lines is one contiguous slice (splitting costs no copy).
+#[derive(Default)]
+struct Batch {
+    text: String,
+    ends: Vec<usize>,
+    first_seq: u64,
+    last_seq: u64,
+    skipped_fields: u64,
+    skipped_points: u64,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+        self.first_seq = 0;
+        self.last_seq = 0;
+        self.skipped_fields = 0;
+        self.skipped_points = 0;
+    }
+    fn lines(&self) -> usize {
+        self.ends.len()
+    }
+    fn slice(&self, a: usize, b: usize) -> &str {
+        let start = if a == 0 { 0 } else { self.ends[a - 1] };
+        &self.text[start..self.ends[b - 1]]
+    }
+}
+
+fn numeric(k: &Kind) -> Option<f64> {
+    match *k {
+        Kind::IntValue(i) => Some(i as f64),
+        Kind::UintValue(u) => Some(u as f64),
+        Kind::FloatValue(f) => Some(f),
+        _ => None,
+    }
+}
+
+/// The fields of a typed value under `name` (`value` or `raw_value`).
+fn value_fields<'a>(
+    name: &'static str,
+    v: &'a Value,
+    hex: &'a mut String,
+    out: &mut Vec<(&'static str, FieldValue<'a>)>,
+) {
+    let Some(k) = v.kind.as_ref() else { return };
+    let (int_key, uint_key, bool_key, str_key) = if name == "value" {
+        ("value_int", "value_uint", "value_bool", "value_str")
+    } else {
+        (
+            "raw_value_int",
+            "raw_value_uint",
+            "raw_value_bool",
+            "raw_value_str",
+        )
+    };
+    if let Some(f) = numeric(k) {
+        out.push((name, FieldValue::Float(f)));
+    }
+    match k {
+        Kind::IntValue(i) => out.push((int_key, FieldValue::Int(*i))),
+        Kind::UintValue(u) => out.push((uint_key, FieldValue::UInt(*u))),
+        Kind::BoolValue(b) => out.push((bool_key, FieldValue::Bool(*b))),
+        Kind::StringValue(s) => out.push((str_key, FieldValue::Str(s))),
+        Kind::BytesValue(b) => {
+            *hex = b.iter().map(|x| format!("{x:02x}")).collect();
+            out.push((str_key, FieldValue::Str(hex)));
+        }
+        Kind::FloatValue(_) => {}
+    }
+}
+
+struct Encoder {
+    cfg: InfluxSinkConfig,
+    index: DeviceIndex,
+    unsigned: Unsigned,
+}
+
+impl Encoder {
+    /// Appends the points of one frame; undecodable payloads are counted
+    /// by the bus reader already and skipped here.
+    fn frame(&self, f: &FrameEnvelope, b: &mut Batch) {
+        if b.first_seq == 0 {
+            b.first_seq = f.sequence_id;
+        }
+        b.last_seq = f.sequence_id;
+        let static_tags: Vec<(&str, &str)> = self
+            .cfg
+            .tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match FrameType::try_from(f.frame_type) {
+            Ok(FrameType::Data) => {
+                let Ok(d) = f.data_frame() else { return };
+                let meta = self.index.get(&d.device_id);
+                for s in &d.samples {
+                    let unit = meta.and_then(|m| m.units.get(&s.tag)).map_or("", String::as_str);
+                    let mut tags = vec![
+                        ("device_id", d.device_id.as_str()),
+                        ("device_name", d.device_id.as_str()),
+                        ("tag_name", s.tag.as_str()),
+                        ("protocol", meta.map_or("", |m| m.protocol)),
+                        ("location", meta.map_or("", |m| m.location.as_str())),
+                        ("unit", unit),
+                    ];
+                    tags.extend(static_tags.iter().copied());
+                    let (mut h1, mut h2) = (String::new(), String::new());
+                    let mut fields = Vec::with_capacity(6);
+                    if let Some(v) = &s.value {
+                        value_fields("value", v, &mut h1, &mut fields);
+                    }
+                    if let Some(v) = &s.raw_value {
+                        value_fields("raw_value", v, &mut h2, &mut fields);
+                    }
+                    fields.push(("quality", FieldValue::Int(s.quality.into())));
+                    fields.push(("error_code", FieldValue::Int(s.error_code.into())));
+                    let ts = if s.source_ts_ns == 0 {
+                        f.timestamp_ns
+                    } else {
+                        s.source_ts_ns
+                    };
+                    self.push(b, &self.cfg.measurement, &tags, &fields, ts);
+                }
+            }
+            Ok(FrameType::Event) => {
+                let Ok(e) = f.event_frame() else { return };
+                let kind = proto::EventKind::try_from(e.kind).map_or("UNKNOWN", |k| k.as_str_name());
+                let level = proto::AlertLevel::try_from(e.level).map_or("", |l| l.as_str_name());
+                let level = if e.level == 0 { "" } else { level };
+                let mut tags = vec![
+                    ("event_type", kind),
+                    ("device_id", e.device_id.as_str()),
+                    ("tag_name", e.tag.as_str()),
+                    ("rule_id", e.rule_id.as_str()),
+                    ("level", level),
+                    ("status", e.status.as_str()),
+                ];
+                tags.extend(static_tags.iter().copied());
+                let mut hex = String::new();
+                let mut fields = vec![
+                    ("event_id", FieldValue::Str(&e.event_id)),
+                    ("message", FieldValue::Str(&e.message)),
+                ];
+                if let Some(v) = &e.value {
+                    value_fields("value", v, &mut hex, &mut fields);
+                }
+                let ts = if e.event_ts_ns == 0 {
+                    f.timestamp_ns
+                } else {
+                    e.event_ts_ns
+                };
+                self.push(b, &self.cfg.event_measurement, &tags, &fields, ts);
+            }
+            // Commands are the audit trail, not measurements.
+            _ => {}
+        }
+    }
+
+    fn push(
+        &self,
+        b: &mut Batch,
+        m: &str,
+        tags: &[(&str, &str)],
+        fields: &[(&str, FieldValue<'_>)],
+        ts: u64,
+    ) {
+        let k = line::point(&mut b.text, m, tags, fields, ts, self.unsigned);
+        b.skipped_fields += u64::from(k.non_finite_fields);
+        if k.point {
+            b.skipped_points += 1;
+        } else {
+            b.ends.push(b.text.len());
+        }
+    }
+}
+
+/// How one write request ended.
+enum Outcome {
+    Written,
+    /// Retry the same request later (`cause` for logs and metrics).
+    Retry {
+        cause: String,
+        after: Option<Duration>,
+    },
+    /// The server refused the content (400) or its size (413).
+    Refused {
+        message: String,
+    },
+    /// 401/403: credentials; retried at the slowest pace.
+    Unauthorized {
+        message: String,
+    },
+}
+
+struct Writer {
+    client: reqwest::Client,
+    url: String,
+    cfg: InfluxSinkConfig,
+}
+
+impl Writer {
+    fn new(cfg: &InfluxSinkConfig) -> Result<Writer, SinkError> {
+        let base = cfg.url.trim_end_matches('/');
+        let mut url = match cfg.api {
+            InfluxApi::V1 => format!("{base}/write?precision=ns"),
+            InfluxApi::V2 => format!("{base}/api/v2/write?precision=ns"),
+        };
+        let mut q = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                url.push_str(&format!("&{k}={}", urlencode(v)));
+            }
+        };
+        match cfg.api {
+            InfluxApi::V1 => {
+                q("db", &cfg.database);
+                q("rp", &cfg.retention_policy);
+            }
+            InfluxApi::V2 => {
+                q("org", &cfg.org);
+                q("bucket", &cfg.bucket);
+            }
+        }
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .build()
+            .map_err(|e| SinkError::Setup(format!("HTTP client: {e}")))?;
+        Ok(Writer {
+            client,
+            url,
+            cfg: cfg.clone(),
+        })
+    }
+
+    async fn post(&self, body: &str) -> Outcome {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("content-type", "text/plain; charset=utf-8");
+        req = match self.cfg.api {
+            InfluxApi::V1 => match &self.cfg.username {
+                Some(u) => req.basic_auth(u, self.cfg.password.as_deref()),
+                None => req,
+            },
+            InfluxApi::V2 => match &self.cfg.token {
+                Some(t) => req.header("authorization", format!("Token {t}")),
+                None => req,
+            },
+        };
+        req = if self.cfg.gzip {
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            // Writing into a Vec cannot fail.
+            let _ = enc.write_all(body.as_bytes());
+            match enc.finish() {
+                Ok(gz) => req.header("content-encoding", "gzip").body(gz),
+                Err(_) => req.body(body.to_string()),
+            }
+        } else {
+            req.body(body.to_string())
+        };
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return Outcome::Retry {
+                    cause: "timeout".into(),
+                    after: None,
+                }
+            }
+            Err(e) => {
+                return Outcome::Retry {
+                    cause: format!("network: {e}"),
+                    after: None,
+                }
+            }
+        };
+        let status = resp.status().as_u16();
+        let after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        if (200..300).contains(&status) {
+            return Outcome::Written;
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = format!("HTTP {status}: {}", text.trim());
+        match status {
+            400 | 413 | 422 => Outcome::Refused { message },
+            401 | 403 => Outcome::Unauthorized { message },
+            429 => Outcome::Retry {
+                cause: format!("throttled: {message}"),
+                after,
+            },
+            _ => Outcome::Retry {
+                cause: message,
+                after,
+            },
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Set-aside lines, one JSON object each, fsynced before the cursor moves.
+struct DeadLetter {
+    path: PathBuf,
+}
+
+impl DeadLetter {
+    fn append(&self, sink: &str, b: &Batch, line: &str, error: &str) -> Result<(), SinkError> {
+        let io = |source| SinkError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        let record = serde_json::json!({
+            "ts": crate::status::rfc3339(crate::now_ns()),
+            "sink": sink,
+            "first_seq": b.first_seq,
+            "last_seq": b.last_seq,
+            "error": error,
+            "line": line.trim_end_matches('\n'),
+        });
+        writeln!(f, "{record}").map_err(io)?;
+        f.sync_data().map_err(io)
+    }
+}
+
+/// Runs the sink until shutdown.
+pub async fn run(
+    ctx: SinkContext,
+    cfg: InfluxSinkConfig,
+    index: DeviceIndex,
+    data_dir: PathBuf,
+) -> Result<(), SinkError> {
+    let label = SinkLabel {
+        sink: ctx.name.clone(),
+    };
+    let mut shutdown = ctx.shutdown.clone();
+    let mut sub = ctx.bus.subscribe(&ctx.name, None)?;
+    let writer = Writer::new(&cfg)?;
+    let dead = DeadLetter {
+        path: data_dir.join("dead-letter").join(format!("{}.jsonl", ctx.name)),
+    };
+    let encoder = Encoder {
+        unsigned: match (cfg.unsigned, cfg.api) {
+            (Some(UnsignedAs::Native), _) | (None, InfluxApi::V2) => Unsigned::Native,
+            (Some(UnsignedAs::Integer), _) | (None, InfluxApi::V1) => Unsigned::AsInteger,
+        },
+        cfg: cfg.clone(),
+        index,
+    };
+    info!(
+        sink = ctx.name,
+        url = writer.url,
+        from = sub.position(),
+        "influxdb sink started"
+    );
+    const FRAMES: usize = 256;
+    let mut batch = Batch::default();
+    loop {
+        batch.clear();
+        let first = tokio::select! {
+            biased;
+            _ = wait_true(&mut shutdown) => return Ok(()),
+            r = sub.recv_batch(FRAMES) => r?,
+        };
+        for f in &first {
+            encoder.frame(f, &mut batch);
+        }
+        // Fill up to batch_lines, waiting at most flush_interval. On
+        // shutdown the batch in hand is still written and acknowledged.
+        let deadline = Instant::now() + cfg.flush_interval;
+        let mut stopping = false;
+        while batch.lines() < cfg.batch_lines {
+            let more = sub.try_recv_batch(FRAMES)?;
+            if !more.is_empty() {
+                more.iter().for_each(|f| encoder.frame(f, &mut batch));
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = wait_true(&mut shutdown) => {
+                    stopping = true;
+                    break;
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+                r = sub.recv_batch(FRAMES) => r?.iter().for_each(|f| encoder.frame(f, &mut batch)),
+            }
+        }
+        if batch.skipped_fields + batch.skipped_points > 0 {
+            warn!(
+                sink = ctx.name,
+                fields = batch.skipped_fields,
+                points = batch.skipped_points,
+                "NaN/Inf values cannot be written to InfluxDB; left out"
+            );
+        }
+        let lines = batch.lines();
+        let mut a = 0;
+        while a < lines {
+            let b = (a + cfg.batch_lines).min(lines);
+            if !write_range(&ctx, &writer, &dead, &label, &batch, a, b, &mut shutdown).await? {
+                return Ok(()); // shutdown while retrying
+            }
+            a = b;
+        }
+        sub.ack(batch.last_seq)?;
+        ctx.metrics
+            .sink_written
+            .get_or_create(&label)
+            .inc_by(lines as u64);
+        {
+            let mut st = lock(&ctx.state);
+            st.written += lines as u64;
+            st.last_error = None;
+        }
+        if stopping {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes lines `a..b` of `batch`, splitting refused requests down to
+/// single lines (dead-lettered). `Ok(false)`: shutdown came first.
+#[allow(clippy::too_many_arguments)]
+async fn write_range(
+    ctx: &SinkContext,
+    writer: &Writer,
+    dead: &DeadLetter,
+    label: &SinkLabel,
+    batch: &Batch,
+    a: usize,
+    b: usize,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<bool, SinkError> {
+    let mut todo = vec![(a, b)];
+    while let Some((a, b)) = todo.pop() {
+        let mut attempt = 0u32;
+        loop {
+            let (cause, after, slow) = match writer.post(batch.slice(a, b)).await {
+                Outcome::Written => break,
+                Outcome::Refused { message } if b - a > 1 => {
+                    let m = a + (b - a) / 2;
+                    todo.push((m, b));
+                    todo.push((a, m));
+                    tracing::debug!(
+                        sink = ctx.name,
+                        lines = b - a,
+                        message,
+                        "batch refused; splitting"
+                    );
+                    break;
+                }
+                Outcome::Refused { message } => {
+                    let line = batch.slice(a, b);
+                    warn!(
+                        sink = ctx.name,
+                        error = message,
+                        line = line.trim_end(),
+                        "line refused by the server; dead-lettered"
+                    );
+                    tokio::task::block_in_place(|| dead.append(&ctx.name, batch, line, &message))?;
+                    ctx.metrics.sink_dead_lettered.get_or_create(label).inc();
+                    break;
+                }
+                Outcome::Retry { cause, after } => (cause, after, false),
+                Outcome::Unauthorized { message } => (message, None, true),
+            };
+            attempt += 1;
+            ctx.metrics.sink_retries.get_or_create(label).inc();
+            ctx.metrics.sink_failures.get_or_create(label).inc();
+            if attempt == 1 || attempt.is_power_of_two() {
+                warn!(sink = ctx.name, attempt, cause, "write failed; retrying");
+            }
+            lock(&ctx.state).last_error = Some(cause);
+            let max = writer.cfg.max_retry_interval;
+            let backoff = if slow {
+                max
+            } else {
+                let base = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(attempt.min(16)));
+                // ±25 % jitter so many gateways do not retry in step.
+                base.min(max).mul_f64(0.75 + fastrand::f64() * 0.5)
+            };
+            let wait = after.map_or(backoff, |a| a.min(max.max(a)));
+            tokio::select! {
+                biased;
+                _ = wait_true(shutdown) => return Ok(false),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoder(index: DeviceIndex) -> Encoder {
+        let cfg: InfluxSinkConfig =
+            toml::from_str("url = \"http://x\"\nbucket = \"b\"\n[tags]\ngateway_id = \"gw 1\"").unwrap();
+        Encoder {
+            cfg,
+            index,
+            unsigned: Unsigned::Native,
+        }
+    }
+
+    #[test]
+    fn samples_map_to_device_data_points() {
+        let mut meta = DeviceMeta {
+            protocol: "modbus-tcp",
+            location: "Hall 3".into(),
+            ..DeviceMeta::default()
+        };
+        meta.units.insert("temp".into(), "°C".into());
+        let index = Arc::new(HashMap::from([("boiler-1".to_string(), meta)]));
+        let frame = proto::DataFrame {
+            device_id: "boiler-1".into(),
+            samples: vec![
+                proto::Sample {
+                    tag: "temp".into(),
+                    value: Some(Value::float(71.5)),
+                    raw_value: Some(Value::uint(715)),
+                    quality: 0,
+                    source_ts_ns: 42,
+                    error_code: 0,
+                },
+                proto::Sample {
+                    tag: "on".into(),
+                    value: Some(Value::bool(true)),
+                    raw_value: None,
+                    quality: 0,
+                    source_ts_ns: 43,
+                    error_code: 0,
+                },
+                proto::Sample {
+                    tag: "gone".into(),
+                    value: None,
+                    raw_value: None,
+                    quality: 1,
+                    source_ts_ns: 44,
+                    error_code: -1,
+                },
+            ],
+        };
+        let env = FrameEnvelope::new(7, 1000, FrameType::Data, proto::Message::encode_to_vec(&frame));
+        let mut b = Batch::default();
+        encoder(index).frame(&env, &mut b);
+        assert_eq!(b.lines(), 3);
+        assert_eq!((b.first_seq, b.last_seq), (7, 7));
+        assert_eq!(
+            b.text,
+            "device_data,device_id=boiler-1,device_name=boiler-1,tag_name=temp,protocol=modbus-tcp,location=Hall\\ 3,unit=°C,gateway_id=gw\\ 1 value=71.5,raw_value=715,raw_value_uint=715u,quality=0i,error_code=0i 42\n\
+             device_data,device_id=boiler-1,device_name=boiler-1,tag_name=on,protocol=modbus-tcp,location=Hall\\ 3,gateway_id=gw\\ 1 value_bool=true,quality=0i,error_code=0i 43\n\
+             device_data,device_id=boiler-1,device_name=boiler-1,tag_name=gone,protocol=modbus-tcp,location=Hall\\ 3,gateway_id=gw\\ 1 quality=1i,error_code=-1i 44\n"
+        );
+        assert_eq!(
+            b.slice(1, 2),
+            b.text.lines().nth(1).map(|l| format!("{l}\n")).unwrap()
+        );
+    }
+
+    #[test]
+    fn url_encoding_of_names() {
+        assert_eq!(urlencode("my db/ä"), "my%20db%2F%C3%A4");
+    }
+}

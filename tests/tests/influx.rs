@@ -1,0 +1,320 @@
+//! The InfluxDB sink end to end: the real `gateway` binary with a
+//! simulator device writes to a private `influxd` 1.x (v1 API) or
+//! VictoriaMetrics (v2 API) on loopback; the tests query the points back
+//! and compare them with the ground truth: a file sink on the same bus
+//! (`archive.jsonl`, every frame exactly once — tested in runtime.rs),
+//! read after the device was stopped and both sinks caught up.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::peers::{Influxd, VictoriaMetrics};
+use common::{DemoDir, Gateway};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn line_device() -> (String, String) {
+    (
+        "line-1".into(),
+        r#"name = "line-1"
+protocol = "simulator"
+endpoint = "sim://line-1"
+location = "Hall 3"
+scan_interval = "50ms"
+
+[[tags]]
+name = "temp"
+address = "constant"
+data_type = "Double"
+value = 21.5
+unit = "°C"
+
+[[tags]]
+name = "count"
+address = "counter"
+data_type = "UInt32"
+base = 1
+step = 1
+
+[[tags]]
+name = "on"
+address = "constant"
+data_type = "Boolean"
+value = true
+
+[[tags]]
+name = "mode"
+address = "constant"
+data_type = "String"
+value = "AUTO"
+"#
+        .into(),
+    )
+}
+
+const ARCHIVE: &str = "\n[sinks.archive]\ntype = \"file\"\npath = \"archive.jsonl\"\n";
+
+fn sink_v1(url: &str) -> String {
+    format!(
+        "{ARCHIVE}\n[sinks.influx]\ntype = \"influxdb\"\nurl = \"{url}\"\napi = \"v1\"\ndatabase = \"gw\"\n\
+         batch_lines = 200\nflush_interval = \"100ms\"\nmax_retry_interval = \"500ms\"\n\
+         [sinks.influx.tags]\ngateway_id = \"test-gw\"\n"
+    )
+}
+
+/// Stops the device (SIGHUP with `enabled = false`), waits until every
+/// sink caught up, then stops the gateway cleanly.
+fn quiesce_and_stop(mut g: Gateway, demo: &DemoDir) {
+    let path = demo.dir.path().join("devices/line-1.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("\n", "\nenabled = false\n", 1)).unwrap();
+    g.signal(libc::SIGHUP);
+    g.wait_until("device stopped", LIMIT, |g| {
+        g.metric_sum("gateway_device_up") == Some(0.0)
+    });
+    g.wait_until("every sink caught up", LIMIT, |g| {
+        g.metric_sum("gateway_consumer_lag_frames") == Some(0.0)
+    });
+    stop(g);
+    std::fs::write(&path, text).unwrap();
+}
+
+/// Samples of `device` in the archive: `tag → [(source_ts_ns, value)]`.
+fn truth(demo: &DemoDir, device: &str) -> HashMap<String, Vec<(u64, Value)>> {
+    let mut out: HashMap<String, Vec<(u64, Value)>> = HashMap::new();
+    let text = std::fs::read_to_string(demo.data().join("archive.jsonl")).unwrap();
+    for line in text.lines() {
+        let f: Value = serde_json::from_str(line).unwrap();
+        if f["type"] != "DATA" || f["device"] != device {
+            continue;
+        }
+        for s in f["samples"].as_array().unwrap() {
+            out.entry(s["tag"].as_str().unwrap().to_string())
+                .or_default()
+                .push((s["ts_ns"].as_u64().unwrap(), s["value"].clone()));
+        }
+    }
+    out
+}
+
+fn count(influx: &Influxd, tag: &str) -> u64 {
+    influx
+        .rows(
+            "gw",
+            &format!("SELECT count(quality) FROM device_data WHERE tag_name = '{tag}'"),
+        )
+        .first()
+        .and_then(|r| r["count"].as_u64())
+        .unwrap_or(0)
+}
+
+fn stop(mut g: Gateway) {
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(LIMIT).success(), "{}", g.log_text());
+}
+
+#[test]
+fn v1_writes_exact_values_types_and_timestamps_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let influx = Influxd::start(tmp.path());
+    influx.query("", "CREATE DATABASE gw");
+    let demo = DemoDir::with_gateway(&[line_device()], &sink_v1(&influx.url));
+    let mut g = Gateway::start(&demo, &[]);
+    g.wait_until("20 temp points in influxd", LIMIT, |_| {
+        count(&influx, "temp") >= 20
+    });
+    quiesce_and_stop(g, &demo);
+
+    let wal = truth(&demo, "line-1");
+    for tag in ["temp", "count", "on", "mode"] {
+        assert_eq!(
+            count(&influx, tag),
+            wal[tag].len() as u64,
+            "{tag}: every sample once"
+        );
+    }
+    // Exact values, types, tags and timestamps.
+    let temp = influx.rows(
+        "gw",
+        "SELECT value, quality, error_code, unit, location, protocol, gateway_id, device_id FROM device_data WHERE tag_name = 'temp'",
+    );
+    let wal_ts: Vec<u64> = wal["temp"].iter().map(|(ts, _)| *ts).collect();
+    let influx_ts: Vec<u64> = temp.iter().map(|r| r["time"].as_u64().unwrap()).collect();
+    assert_eq!(influx_ts, wal_ts, "timestamps are the samples' source times");
+    let r = &temp[0];
+    assert_eq!(r["value"], json!(21.5));
+    assert_eq!(
+        (r["quality"].clone(), r["error_code"].clone()),
+        (json!(0), json!(0))
+    );
+    assert_eq!(r["unit"], "°C");
+    assert_eq!(r["location"], "Hall 3");
+    assert_eq!(r["protocol"], "simulator");
+    assert_eq!(r["gateway_id"], "test-gw");
+    assert_eq!(r["device_id"], "line-1");
+    // The counter: exact integers 1, 2, 3, … with no gap.
+    let counts: Vec<u64> = influx
+        .rows(
+            "gw",
+            "SELECT value_uint FROM device_data WHERE tag_name = 'count'",
+        )
+        .iter()
+        .map(|r| r["value_uint"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        counts,
+        (1..=counts.len() as u64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    let on = influx.rows(
+        "gw",
+        "SELECT value_bool FROM device_data WHERE tag_name = 'on' LIMIT 1",
+    );
+    assert_eq!(on[0]["value_bool"], json!(true));
+    let mode = influx.rows(
+        "gw",
+        "SELECT value_str FROM device_data WHERE tag_name = 'mode' LIMIT 1",
+    );
+    assert_eq!(mode[0]["value_str"], "AUTO");
+    // Field types as InfluxDB stored them.
+    let keys = influx.rows("gw", "SHOW FIELD KEYS FROM device_data");
+    let types: HashMap<String, String> = keys
+        .iter()
+        .map(|r| {
+            (
+                r["fieldKey"].as_str().unwrap().to_string(),
+                r["fieldType"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(types["value"], "float");
+    assert_eq!(types["value_bool"], "boolean");
+    assert_eq!(types["value_str"], "string");
+    assert_eq!(types["quality"], "integer");
+}
+
+#[test]
+fn sigkill_and_an_outage_lose_nothing_and_store_nothing_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut influx = Influxd::start(tmp.path());
+    influx.query("", "CREATE DATABASE gw");
+    let demo = DemoDir::with_gateway(&[line_device()], &sink_v1(&influx.url));
+    for round in 0..3 {
+        let mut g = Gateway::start(&demo, &[]);
+        let before = count(&influx, "temp");
+        g.wait_until(&format!("round {round}: points flow"), LIMIT, |_| {
+            count(&influx, "temp") > before + 5
+        });
+        g.signal(libc::SIGKILL);
+        g.wait_exit(LIMIT);
+    }
+    // An outage: the sink retries, frames wait in the WAL, lag rises and falls.
+    let mut g = Gateway::start(&demo, &[]);
+    g.wait_until("caught up after the kills", LIMIT, |g| {
+        g.metric_sum("gateway_consumer_lag_frames")
+            .is_some_and(|l| l < 5.0)
+    });
+    influx.stop();
+    g.wait_until("lag to grow during the outage", LIMIT, |g| {
+        g.metric_sum("gateway_consumer_lag_frames")
+            .is_some_and(|l| l > 20.0)
+    });
+    assert!(g.metric_sum("gateway_sink_retries_total").unwrap() > 0.0);
+    influx.restart();
+    g.wait_until("lag back to ~0", LIMIT, |g| {
+        g.metric_sum("gateway_consumer_lag_frames")
+            .is_some_and(|l| l < 5.0)
+    });
+    quiesce_and_stop(g, &demo);
+    let wal = truth(&demo, "line-1");
+    for tag in ["temp", "count", "on", "mode"] {
+        assert_eq!(
+            count(&influx, tag),
+            wal[tag].len() as u64,
+            "{tag}: every sample of 4 runs exactly once"
+        );
+    }
+}
+
+#[test]
+fn a_point_the_server_refuses_is_dead_lettered_and_the_rest_flows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let influx = Influxd::start(tmp.path());
+    influx.query("", "CREATE DATABASE gw");
+    // `value_str` becomes an integer field: the string tag's points conflict.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    influx.write("gw", &format!("device_data,tag_name=seed value_str=1i {now}\n"));
+    let demo = DemoDir::with_gateway(&[line_device()], &sink_v1(&influx.url));
+    let mut g = Gateway::start(&demo, &[]);
+    g.wait_until("dead letters", LIMIT, |g| {
+        g.metric_sum("gateway_sink_dead_lettered_total").unwrap_or(0.0) >= 3.0
+    });
+    g.wait_until("other points flow", LIMIT, |_| count(&influx, "temp") >= 20);
+    g.wait_until("the cursor keeps up", LIMIT, |g| {
+        g.metric_sum("gateway_consumer_lag_frames")
+            .is_some_and(|l| l < 5.0)
+    });
+    quiesce_and_stop(g, &demo);
+    let dead = std::fs::read_to_string(demo.data().join("dead-letter/influx.jsonl")).unwrap();
+    let lines: Vec<Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 3);
+    for l in &lines {
+        assert!(l["line"].as_str().unwrap().contains("tag_name=mode"), "{l}");
+        assert!(l["error"].as_str().unwrap().contains("conflict"), "{l}");
+    }
+    assert_eq!(count(&influx, "mode"), 0);
+    assert_eq!(
+        count(&influx, "temp"),
+        truth(&demo, "line-1")["temp"].len() as u64
+    );
+}
+
+#[test]
+fn v2_api_into_victoria_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vm = VictoriaMetrics::start(tmp.path());
+    let sink = format!(
+        "{ARCHIVE}\n[sinks.vm]\ntype = \"influxdb\"\nurl = \"{}\"\napi = \"v2\"\norg = \"plant\"\nbucket = \"gw\"\n\
+         token = \"secret\"\nbatch_lines = 200\nflush_interval = \"100ms\"\n",
+        vm.url
+    );
+    let demo = DemoDir::with_gateway(&[line_device()], &sink);
+    let mut g = Gateway::start(&demo, &[]);
+    g.wait_until("points written", LIMIT, |g| {
+        g.metric_sum("gateway_sink_frames_written_total").unwrap_or(0.0) >= 80.0
+    });
+    quiesce_and_stop(g, &demo);
+    let wal = truth(&demo, "line-1");
+    let mut series = Vec::new();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < LIMIT {
+        series = vm.export(r#"{__name__="device_data_value",tag_name="temp"}"#);
+        let n: usize = series.iter().map(|s| s["values"].as_array().unwrap().len()).sum();
+        if n >= wal["temp"].len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(series.len(), 1, "{series:?}");
+    let s = &series[0];
+    assert_eq!(s["metric"]["location"], "Hall 3");
+    assert_eq!(s["metric"]["unit"], "°C");
+    let values = s["values"].as_array().unwrap();
+    assert!(values.iter().all(|v| v.as_f64() == Some(21.5)), "{values:?}");
+    // VictoriaMetrics keeps millisecond timestamps: every sample (50 ms apart) is there once.
+    assert_eq!(values.len(), wal["temp"].len());
+    let ms: Vec<u64> = wal["temp"].iter().map(|(ts, _)| ts / 1_000_000).collect();
+    let got: Vec<u64> = s["timestamps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert_eq!(got, ms);
+}
