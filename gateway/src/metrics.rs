@@ -28,7 +28,9 @@
 //! | `gateway_device_writes_total` | counter | device, result = ok, rejected, exception, timeout, connection, protocol, unsupported |
 //! | `gateway_device_poll_duration_seconds` | histogram | device |
 //! | `gateway_task_restarts_total` | counter | task, kind = driver, sink |
-//! | `gateway_sink_frames_written_total`, `gateway_sink_retries_total`, `gateway_sink_failures_total`, `gateway_sink_dead_lettered_total` | counter | sink |
+//! | `gateway_sink_frames_written_total`, `gateway_sink_retries_total`, `gateway_sink_failures_total`, `gateway_sink_dead_lettered_total` | counter | sink (the InfluxDB sink counts points written) |
+//! | `gateway_sink_write_errors_total` | counter | sink, cause = network, timeout, throttled, server, unauthorized, refused |
+//! | `gateway_sink_write_duration_seconds` | histogram | sink (one write request, InfluxDB sink) |
 //! | `gateway_config_reloads_total` | counter | result = ok, error |
 //! | `gateway_build_info` | info | version |
 
@@ -74,6 +76,12 @@ pub struct SinkLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkCauseLabels {
+    pub sink: String,
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
 }
@@ -102,6 +110,8 @@ pub struct Metrics {
     pub sink_retries: Family<SinkLabel, Counter>,
     pub sink_failures: Family<SinkLabel, Counter>,
     pub sink_dead_lettered: Family<SinkLabel, Counter>,
+    pub sink_write_errors: Family<SinkCauseLabels, Counter>,
+    pub sink_write_duration: HistogramFamily<SinkLabel>,
     pub config_reloads: Family<ResultLabel, Counter>,
 }
 
@@ -122,6 +132,8 @@ impl Metrics {
         let sink_retries = Family::<SinkLabel, Counter>::default();
         let sink_failures = Family::<SinkLabel, Counter>::default();
         let sink_dead_lettered = Family::<SinkLabel, Counter>::default();
+        let sink_write_errors = Family::<SinkCauseLabels, Counter>::default();
+        let sink_write_duration: HistogramFamily<SinkLabel> = Family::new_with_constructor(poll_histogram);
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let r = &mut registry;
         r.register(
@@ -195,6 +207,16 @@ impl Metrics {
             sink_dead_lettered.clone(),
         );
         r.register(
+            "sink_write_errors",
+            "Failed sink write requests by cause (network, timeout, throttled, server, unauthorized, refused)",
+            sink_write_errors.clone(),
+        );
+        r.register(
+            "sink_write_duration_seconds",
+            "Time one sink write request took, answer included",
+            sink_write_duration.clone(),
+        );
+        r.register(
             "config_reloads",
             "Configuration reloads (SIGHUP) by result",
             config_reloads.clone(),
@@ -224,6 +246,8 @@ impl Metrics {
             sink_retries,
             sink_failures,
             sink_dead_lettered,
+            sink_write_errors,
+            sink_write_duration,
             config_reloads,
         })
     }

@@ -223,6 +223,12 @@ fn sigkill_and_an_outage_lose_nothing_and_store_nothing_twice() {
             .is_some_and(|l| l > 20.0)
     });
     assert!(g.metric_sum("gateway_sink_retries_total").unwrap() > 0.0);
+    let (_, metrics) = g.get("/metrics").unwrap();
+    assert!(
+        metrics.contains(r#"gateway_sink_write_errors_total{sink="influx",cause="network"}"#),
+        "{metrics}"
+    );
+    assert!(g.metric_sum("gateway_sink_write_duration_seconds_count").unwrap() > 0.0);
     influx.restart();
     g.wait_until("lag back to ~0", LIMIT, |g| {
         g.metric_sum("gateway_consumer_lag_frames")
@@ -256,6 +262,11 @@ fn a_point_the_server_refuses_is_dead_lettered_and_the_rest_flows() {
         g.metric_sum("gateway_sink_dead_lettered_total").unwrap_or(0.0) >= 3.0
     });
     g.wait_until("other points flow", LIMIT, |_| count(&influx, "temp") >= 20);
+    let (_, metrics) = g.get("/metrics").unwrap();
+    assert!(
+        metrics.contains(r#"gateway_sink_write_errors_total{sink="influx",cause="refused"}"#),
+        "{metrics}"
+    );
     g.wait_until("the cursor keeps up", LIMIT, |g| {
         g.metric_sum("gateway_consumer_lag_frames")
             .is_some_and(|l| l < 5.0)

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{SinkContext, SinkError};
-use crate::metrics::SinkLabel;
+use crate::metrics::{SinkCauseLabels, SinkLabel};
 use crate::status::lock;
 use crate::supervisor::wait_true;
 use line::{FieldValue, Unsigned};
@@ -261,6 +261,8 @@ enum Outcome {
     Written,
     /// Retry the same request later (`cause` for logs and metrics).
     Retry {
+        /// Metric label: network, timeout, throttled, server.
+        kind: &'static str,
         cause: String,
         after: Option<Duration>,
     },
@@ -346,12 +348,14 @@ impl Writer {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {
                 return Outcome::Retry {
+                    kind: "timeout",
                     cause: "timeout".into(),
                     after: None,
                 }
             }
             Err(e) => {
                 return Outcome::Retry {
+                    kind: "network",
                     cause: format!("network: {e}"),
                     after: None,
                 }
@@ -373,10 +377,12 @@ impl Writer {
             400 | 413 | 422 => Outcome::Refused { message },
             401 | 403 => Outcome::Unauthorized { message },
             429 => Outcome::Retry {
+                kind: "throttled",
                 cause: format!("throttled: {message}"),
                 after,
             },
             _ => Outcome::Retry {
+                kind: "server",
                 cause: message,
                 after,
             },
@@ -537,7 +543,28 @@ async fn write_range(
     while let Some((a, b)) = todo.pop() {
         let mut attempt = 0u32;
         loop {
-            let (cause, after, slow) = match writer.post(batch.slice(a, b)).await {
+            let t0 = Instant::now();
+            let outcome = writer.post(batch.slice(a, b)).await;
+            ctx.metrics
+                .sink_write_duration
+                .get_or_create(label)
+                .observe(t0.elapsed().as_secs_f64());
+            let error_kind = match &outcome {
+                Outcome::Written => None,
+                Outcome::Retry { kind, .. } => Some(*kind),
+                Outcome::Refused { .. } => Some("refused"),
+                Outcome::Unauthorized { .. } => Some("unauthorized"),
+            };
+            if let Some(cause) = error_kind {
+                ctx.metrics
+                    .sink_write_errors
+                    .get_or_create(&SinkCauseLabels {
+                        sink: ctx.name.clone(),
+                        cause: cause.to_string(),
+                    })
+                    .inc();
+            }
+            let (cause, after, slow) = match outcome {
                 Outcome::Written => break,
                 Outcome::Refused { message } if b - a > 1 => {
                     let m = a + (b - a) / 2;
@@ -563,7 +590,7 @@ async fn write_range(
                     ctx.metrics.sink_dead_lettered.get_or_create(label).inc();
                     break;
                 }
-                Outcome::Retry { cause, after } => (cause, after, false),
+                Outcome::Retry { cause, after, .. } => (cause, after, false),
                 Outcome::Unauthorized { message } => (message, None, true),
             };
             attempt += 1;
