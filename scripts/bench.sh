@@ -12,6 +12,9 @@
 #                                    Modbus TCP servers (coalesced vs one request
 #                                    per tag, 10k tags at 1 s) vs bare
 #                                    tokio-modbus clients (tests/src/bin/modbus_bench.rs)
+#   scripts/bench.sh influx          the InfluxDB sink draining a pre-filled WAL into
+#                                    a local influxd vs a raw bulk writer
+#                                    (tests/src/bin/influx_bench.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/common.sh
@@ -30,6 +33,13 @@ case "$what" in
         cargo build --release --locked -p gateway -p tests --bins
         export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-modbus-bench}"
         "$CARGO_TARGET_DIR/release/modbus_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
+        ;;
+    influx)
+        shift
+        ensure_influx_peers
+        cargo build --release --locked -p gateway -p tests --bins
+        export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-influx-bench}"
+        "$CARGO_TARGET_DIR/release/influx_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
         ;;
     bus)
         [ $# -gt 0 ] && shift
