@@ -5,6 +5,7 @@
 
 mod check;
 mod commands;
+mod dead_letter_cmd;
 mod frame_json;
 mod http;
 mod metrics;
@@ -56,6 +57,11 @@ enum Cmd {
         /// Also print each Modbus device's read requests per scan group.
         #[arg(long)]
         plan: bool,
+    },
+    /// Lines a sink's server refused: list them, or send them again.
+    DeadLetter {
+        #[command(subcommand)]
+        command: dead_letter_cmd::DeadLetterCmd,
     },
     /// Inspect or adjust the frame bus (works while the gateway runs, except set-cursor).
     Wal {
@@ -179,6 +185,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Check { config, plan } => check::run(&config, plan),
         Cmd::Wal { command } => wal_cmd::run(command),
+        Cmd::DeadLetter { command } => dead_letter_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -284,6 +284,45 @@ fn a_point_the_server_refuses_is_dead_lettered_and_the_rest_flows() {
         count(&influx, "temp"),
         truth(&demo, "line-1")["temp"].len() as u64
     );
+
+    // The operator sees them, fixes the cause and replays them.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::gateway_bin())
+            .arg("dead-letter")
+            .args(args)
+            .arg("--config")
+            .arg(demo.config())
+            .env("GATEWAY_DATA_DIR", demo.data())
+            .env("GATEWAY_HTTP_LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = cli(&["list"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("influx               {} lines", lines.len())),
+        "{text}"
+    );
+    assert!(text.contains("archive              0 lines"), "{text}");
+    // Still conflicting: nothing goes through, every line is kept.
+    let (ok, text) = cli(&["replay", "--sink", "influx"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("0 lines written, {} still refused", lines.len())),
+        "{text}"
+    );
+    influx.query("gw", "DROP MEASUREMENT device_data");
+    let (ok, text) = cli(&["replay", "--sink", "influx"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("{} lines written, 0 still refused", lines.len())),
+        "{text}"
+    );
+    assert_eq!(count(&influx, "mode"), lines.len() as u64);
+    let (_, text) = cli(&["list"]);
+    assert!(text.contains("influx               0 lines"), "{text}");
 }
 
 #[test]

@@ -257,7 +257,7 @@ impl Encoder {
 }
 
 /// How one write request ended.
-enum Outcome {
+pub(crate) enum Outcome {
     Written,
     /// Retry the same request later (`cause` for logs and metrics).
     Retry {
@@ -276,14 +276,15 @@ enum Outcome {
     },
 }
 
-struct Writer {
+/// One server's write endpoint (shared with `gateway dead-letter replay`).
+pub(crate) struct Writer {
     client: reqwest::Client,
     url: String,
     cfg: InfluxSinkConfig,
 }
 
 impl Writer {
-    fn new(cfg: &InfluxSinkConfig) -> Result<Writer, SinkError> {
+    pub(crate) fn new(cfg: &InfluxSinkConfig) -> Result<Writer, SinkError> {
         let base = cfg.url.trim_end_matches('/');
         let mut url = match cfg.api {
             InfluxApi::V1 => format!("{base}/write?precision=ns"),
@@ -315,7 +316,7 @@ impl Writer {
         })
     }
 
-    async fn post(&self, body: &str) -> Outcome {
+    pub(crate) async fn post(&self, body: &str) -> Outcome {
         let mut req = self
             .client
             .post(&self.url)
