@@ -108,7 +108,7 @@ fn gateway_run(bin: &Path, dir: &Path, url: &str, frames: usize, ts0: u64) -> Re
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let bus = FrameBus::open(&data.join("data/wal"), BusConfig::default())?;
+        let bus = FrameBus::open(data.join("data/wal"), BusConfig::default())?;
         for i in 0..frames {
             bus.publish(FrameType::Data, frame(i, ts0).encode_to_vec())
                 .await?;
