@@ -1,6 +1,6 @@
 //! HTTP: `/metrics` (OpenMetrics text), `/healthz` (process alive),
-//! `/readyz` (WAL open and drivers started; 503 before that and while
-//! shutting down), `/api/v1/status` (JSON) and
+//! `/readyz` (WAL open and drivers started; 503 before that, while
+//! shutting down, and while a sink's server refuses its credentials), `/api/v1/status` (JSON) and
 //! `POST /api/v1/devices/{device}/tags/{tag}/write` with `{"value": …}`
 //! (a tag write, see [`crate::commands`]). When `[http] token` is set,
 //! `/api/*` requires `Authorization: Bearer <token>`; metrics and health
@@ -57,10 +57,16 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    if s.status.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    if !s.status.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
+    }
+    match s.status.unhealthy_sink() {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some((sink, why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: sink {sink}: {why}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -60,6 +60,9 @@ pub struct SinkState {
     pub kind: &'static str,
     pub written: u64,
     pub last_error: Option<String>,
+    /// Set while the sink cannot work without an operator (e.g. its
+    /// server refuses the credentials); makes `/readyz` answer 503.
+    pub unhealthy: Option<String>,
 }
 
 /// Shared state of the running gateway.
@@ -103,6 +106,13 @@ impl Status {
         }));
         lock(&self.devices).insert(d.name.clone(), state.clone());
         state
+    }
+
+    /// The first unhealthy sink and why, if any.
+    pub fn unhealthy_sink(&self) -> Option<(String, String)> {
+        lock(&self.sinks)
+            .iter()
+            .find_map(|(name, st)| Some((name.clone(), lock(st).unhealthy.clone()?)))
     }
 
     pub fn remove_device(&self, name: &str) {
@@ -169,6 +179,7 @@ impl Status {
                     "lag": c.map(|c| c.lag),
                     "frames_written": st.written,
                     "last_error": st.last_error,
+                    "healthy": st.unhealthy.is_none(),
                 })
             })
             .collect();

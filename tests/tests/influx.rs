@@ -368,3 +368,31 @@ fn v2_api_into_victoria_metrics() {
         .collect();
     assert_eq!(got, ms);
 }
+
+#[test]
+fn refused_credentials_make_the_sink_unhealthy_and_the_gateway_unready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vm = VictoriaMetrics::start_with_auth(tmp.path(), Some(("admin", "right")));
+    // The sink sends a token; the server wants Basic auth: 401 on every write.
+    let sink = format!(
+        "\n[sinks.vm]\ntype = \"influxdb\"\nurl = \"{}\"\napi = \"v2\"\nbucket = \"gw\"\ntoken = \"wrong\"\n\
+         flush_interval = \"2s\"\nmax_retry_interval = \"1s\"\n",
+        vm.url
+    );
+    let demo = DemoDir::with_gateway(&[line_device()], &sink);
+    let mut g = Gateway::start(&demo, &[]);
+    g.wait_until("/readyz to report the sink", LIMIT, |g| {
+        g.get("/readyz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("sink vm: credentials refused"))
+    });
+    let (_, metrics) = g.get("/metrics").unwrap();
+    assert!(
+        metrics.contains(r#"gateway_sink_write_errors_total{sink="vm",cause="unauthorized"}"#),
+        "{metrics}"
+    );
+    let status = g.status();
+    assert_eq!(status["sinks"][0]["healthy"], false, "{status}");
+    // Nothing was acknowledged: the frames wait in the WAL.
+    assert!(g.metric_sum("gateway_consumer_lag_frames").unwrap() > 0.0);
+    stop(g);
+}

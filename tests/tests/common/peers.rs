@@ -313,19 +313,36 @@ pub struct VictoriaMetrics {
 
 impl VictoriaMetrics {
     pub fn start(dir: &Path) -> VictoriaMetrics {
+        Self::start_with_auth(dir, None)
+    }
+
+    /// With HTTP Basic auth on every endpoint (`-httpAuth.*`).
+    pub fn start_with_auth(dir: &Path, auth: Option<(&str, &str)>) -> VictoriaMetrics {
         let port = super::free_port();
         let data = dir.join(format!("vm-{port}"));
-        let child = Command::new("victoria-metrics")
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+        let mut cmd = Command::new("victoria-metrics");
+        cmd.arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!("-storageDataPath={}", data.display()))
             .arg("-search.latencyOffset=0s")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((u, p)) = auth {
+            cmd.arg(format!("-httpAuth.username={u}"))
+                .arg(format!("-httpAuth.password={p}"));
+        }
+        let child = cmd
             .spawn()
             .expect("victoria-metrics must be installed (Debian package; scripts/test.sh installs it)");
         let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::blocking::Client::new();
         let t0 = Instant::now();
-        while !reqwest::blocking::get(format!("{url}/health")).is_ok_and(|r| r.status().is_success()) {
+        while !{
+            let mut req = client.get(format!("{url}/health"));
+            if let Some((u, p)) = auth {
+                req = req.basic_auth(u, Some(p));
+            }
+            req.send().is_ok_and(|r| r.status().is_success())
+        } {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
                 "victoria-metrics did not start"

@@ -566,7 +566,10 @@ async fn write_range(
                     .inc();
             }
             let (cause, after, slow) = match outcome {
-                Outcome::Written => break,
+                Outcome::Written => {
+                    lock(&ctx.state).unhealthy = None;
+                    break;
+                }
                 Outcome::Refused { message } if b - a > 1 => {
                     let m = a + (b - a) / 2;
                     todo.push((m, b));
@@ -592,7 +595,10 @@ async fn write_range(
                     break;
                 }
                 Outcome::Retry { cause, after, .. } => (cause, after, false),
-                Outcome::Unauthorized { message } => (message, None, true),
+                Outcome::Unauthorized { message } => {
+                    lock(&ctx.state).unhealthy = Some(format!("credentials refused: {message}"));
+                    (message, None, true)
+                }
             };
             attempt += 1;
             ctx.metrics.sink_retries.get_or_create(label).inc();
