@@ -62,7 +62,8 @@ pub struct InfluxSinkConfig {
     /// Measurement of events (alerts, device status, command results).
     #[serde(default = "d_events")]
     pub event_measurement: String,
-    /// Extra tags on every point (e.g. `gateway_id = "line-3"`).
+    /// Extra tags on every point (e.g. `gateway_id = "line-3"`); must not
+    /// reuse a built-in tag name ([`BUILTIN_TAGS`]).
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     /// Lines per write request.
@@ -98,7 +99,9 @@ fn d_flush() -> Duration {
     Duration::from_secs(1)
 }
 fn d_timeout() -> Duration {
-    Duration::from_secs(10)
+    // Below the default shutdown_timeout (10 s), so a clean stop can still
+    // finish the batch in hand.
+    Duration::from_secs(5)
 }
 fn d_max_retry() -> Duration {
     Duration::from_secs(30)
@@ -106,3 +109,17 @@ fn d_max_retry() -> Duration {
 fn yes() -> bool {
     true
 }
+
+/// Tags the sink sets itself (samples and events).
+pub const BUILTIN_TAGS: &[&str] = &[
+    "device_id",
+    "device_name",
+    "tag_name",
+    "protocol",
+    "location",
+    "unit",
+    "event_type",
+    "rule_id",
+    "level",
+    "status",
+];

@@ -81,6 +81,14 @@ pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigEr
                 positive(&mut e, &k("flush_interval"), i.flush_interval);
                 positive(&mut e, &k("timeout"), i.timeout);
                 positive(&mut e, &k("max_retry_interval"), i.max_retry_interval);
+                for t in i.tags.keys() {
+                    if crate::influx::BUILTIN_TAGS.contains(&t.as_str()) {
+                        e(
+                            &format!("{base}.tags.{t}"),
+                            format!("`{t}` is a tag the sink sets itself; choose another name"),
+                        );
+                    }
+                }
                 if i.measurement.trim().is_empty() || i.event_measurement.trim().is_empty() {
                     e(&k("measurement"), "measurement names must not be empty".into());
                 }

@@ -108,7 +108,7 @@ async fn replay(cfg: &config::InfluxSinkConfig, path: &Path) -> anyhow::Result<(
                 r["error"] = message.into();
                 kept.push(r);
             }
-            Outcome::Retry { cause, .. } | Outcome::Unauthorized { message: cause } => {
+            Outcome::Retry { cause, .. } | Outcome::Misconfigured { message: cause, .. } => {
                 // The server is not taking writes: keep this and the rest.
                 kept.push(r);
                 kept.extend(records(path)?.into_iter().skip(i + 1));

@@ -126,7 +126,32 @@ fn v1_writes_exact_values_types_and_timestamps_once() {
     g.wait_until("20 temp points in influxd", LIMIT, |_| {
         count(&influx, "temp") >= 20
     });
+    // An event: a write the simulator refuses is recorded as COMMAND_RESULT.
+    let (code, _) = g.post_json("/api/v1/devices/line-1/tags/temp/write", &json!({"value": 1.0}));
+    assert_eq!(code, 409);
     quiesce_and_stop(g, &demo);
+    let events = influx.rows("gw", "SELECT * FROM alert_events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(
+        (
+            e["event_type"].clone(),
+            e["status"].clone(),
+            e["device_id"].clone(),
+            e["tag_name"].clone()
+        ),
+        (
+            json!("COMMAND_RESULT"),
+            json!("unsupported"),
+            json!("line-1"),
+            json!("temp")
+        )
+    );
+    assert_eq!(e["value"].as_f64(), Some(1.0));
+    assert!(
+        e["message"].as_str().unwrap().contains("does not accept writes"),
+        "{e:?}"
+    );
 
     let wal = truth(&demo, "line-1");
     for tag in ["temp", "count", "on", "mode"] {

@@ -9,7 +9,9 @@
 //!   source time, a replayed point overwrites itself: **exactly once in
 //!   storage**.
 //! - Network errors, timeouts, 5xx and 429 are retried with exponential
-//!   backoff and jitter (honouring `Retry-After`), 401/403 slowly; the sink
+//!   backoff and jitter (honouring `Retry-After`, up to 5 minutes);
+//!   401/403/404 need an operator: the sink is marked unhealthy (`/readyz`
+//!   503) and retries every `max_retry_interval`; the sink
 //!   never skips data because the server is down — frames wait in the WAL.
 //! - 400 (bad data) and 413 (too large) split the batch in halves until
 //!   the offending lines are alone; a single refused line goes to
@@ -270,8 +272,11 @@ pub(crate) enum Outcome {
     Refused {
         message: String,
     },
-    /// 401/403: credentials; retried at the slowest pace.
-    Unauthorized {
+    /// 401/403 (credentials) or 404 (no such database/bucket): needs an
+    /// operator; retried at the slowest pace, the sink is unhealthy.
+    Misconfigured {
+        /// Metric label: unauthorized, not_found.
+        kind: &'static str,
         message: String,
     },
 }
@@ -376,7 +381,14 @@ impl Writer {
         let message = format!("HTTP {status}: {}", text.trim());
         match status {
             400 | 413 | 422 => Outcome::Refused { message },
-            401 | 403 => Outcome::Unauthorized { message },
+            401 | 403 => Outcome::Misconfigured {
+                kind: "unauthorized",
+                message,
+            },
+            404 => Outcome::Misconfigured {
+                kind: "not_found",
+                message,
+            },
             429 => Outcome::Retry {
                 kind: "throttled",
                 cause: format!("throttled: {message}"),
@@ -554,7 +566,7 @@ async fn write_range(
                 Outcome::Written => None,
                 Outcome::Retry { kind, .. } => Some(*kind),
                 Outcome::Refused { .. } => Some("refused"),
-                Outcome::Unauthorized { .. } => Some("unauthorized"),
+                Outcome::Misconfigured { kind, .. } => Some(*kind),
             };
             if let Some(cause) = error_kind {
                 ctx.metrics
@@ -595,8 +607,13 @@ async fn write_range(
                     break;
                 }
                 Outcome::Retry { cause, after, .. } => (cause, after, false),
-                Outcome::Unauthorized { message } => {
-                    lock(&ctx.state).unhealthy = Some(format!("credentials refused: {message}"));
+                Outcome::Misconfigured { kind, message } => {
+                    let why = if kind == "unauthorized" {
+                        "credentials refused"
+                    } else {
+                        "database or bucket not found"
+                    };
+                    lock(&ctx.state).unhealthy = Some(format!("{why}: {message}"));
                     (message, None, true)
                 }
             };
@@ -615,7 +632,8 @@ async fn write_range(
                 // ±25 % jitter so many gateways do not retry in step.
                 base.min(max).mul_f64(0.75 + fastrand::f64() * 0.5)
             };
-            let wait = after.map_or(backoff, |a| a.min(max.max(a)));
+            // The server's Retry-After wins over our backoff, up to 5 minutes.
+            let wait = after.map_or(backoff, |a| a.min(Duration::from_secs(300)));
             tokio::select! {
                 biased;
                 _ = wait_true(shutdown) => return Ok(false),
