@@ -69,6 +69,14 @@ pub struct InfluxSinkConfig {
     /// Lines per write request.
     #[serde(default = "d_lines")]
     pub batch_lines: usize,
+    /// Largest request body before gzip (`"4MiB"`); a batch ends at
+    /// whichever of `batch_lines` and `batch_bytes` comes first.
+    #[serde(default = "d_bytes", deserialize_with = "units::bytes")]
+    pub batch_bytes: u64,
+    /// Write requests in flight at once. The cursor still moves in order:
+    /// seq N is acknowledged only when every batch up to N was written.
+    #[serde(default = "d_concurrency")]
+    pub concurrency: usize,
     /// Longest time a sample waits for its batch to fill.
     #[serde(default = "d_flush", deserialize_with = "units::duration")]
     pub flush_interval: Duration,
@@ -94,6 +102,12 @@ fn d_events() -> String {
 }
 fn d_lines() -> usize {
     5000
+}
+fn d_bytes() -> u64 {
+    4 << 20
+}
+fn d_concurrency() -> usize {
+    2
 }
 fn d_flush() -> Duration {
     Duration::from_secs(1)

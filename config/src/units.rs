@@ -74,6 +74,11 @@ impl Visitor<'_> for BytesVisitor {
     }
 }
 
+/// `#[serde(deserialize_with = "units::bytes")]`
+pub fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    d.deserialize_any(BytesVisitor)
+}
+
 /// `#[serde(default, deserialize_with = "units::opt_bytes")]`
 pub fn opt_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     d.deserialize_any(BytesVisitor).map(Some)

@@ -78,6 +78,12 @@ pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigEr
                 if i.batch_lines == 0 {
                     e(&k("batch_lines"), "must be > 0".into());
                 }
+                if i.batch_bytes < 1024 {
+                    e(&k("batch_bytes"), "must be at least 1KiB".into());
+                }
+                if !(1..=64).contains(&i.concurrency) {
+                    e(&k("concurrency"), "must be 1..=64".into());
+                }
                 positive(&mut e, &k("flush_interval"), i.flush_interval);
                 positive(&mut e, &k("timeout"), i.timeout);
                 positive(&mut e, &k("max_retry_interval"), i.max_retry_interval);

@@ -1,7 +1,7 @@
 //! InfluxDB sink benchmark: points/s from a pre-filled WAL into a private
 //! local `influxd` 1.x, against a raw bulk writer in the same run
-//! (pre-built 5000-line gzip batches POSTed back to back to the same
-//! server, one request at a time like the sink).
+//! (pre-built 5000-line gzip batches POSTed to the same server with two
+//! requests in flight, like the sink's default `concurrency = 2`).
 //!
 //! 1. The WAL is filled with `BENCH_FRAMES` frames of 1000 samples (floats,
 //!    like a Modbus poll) through the frame bus API, then closed.
@@ -28,6 +28,8 @@ use tests::proc_stats;
 
 const SAMPLES: usize = 1000;
 const BATCH: usize = 5000;
+/// Requests in flight, for both writers (the sink's default).
+const CONCURRENCY: usize = 2;
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -196,18 +198,34 @@ fn raw_writer(url: &str, frames: usize, ts0: u64) -> Result<f64> {
     if !text.is_empty() {
         flush(&mut text, &mut bodies)?;
     }
-    let client = reqwest::blocking::Client::new();
+    // As many requests in flight as the sink's default `concurrency` (2).
     let t0 = Instant::now();
-    for b in bodies {
-        let r = client
-            .post(format!("{url}/write?db=raw&precision=ns"))
-            .header("content-encoding", "gzip")
-            .body(b)
-            .send()?;
-        if !r.status().is_success() {
-            bail!("raw write failed: {}", r.text()?);
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = (0..CONCURRENCY)
+            .map(|k| {
+                let mine: Vec<&Vec<u8>> = bodies.iter().skip(k).step_by(CONCURRENCY).collect();
+                scope.spawn(move || -> Result<()> {
+                    let client = reqwest::blocking::Client::new();
+                    for b in mine {
+                        let r = client
+                            .post(format!("{url}/write?db=raw&precision=ns"))
+                            .header("content-encoding", "gzip")
+                            .body(b.clone())
+                            .send()?;
+                        if !r.status().is_success() {
+                            bail!("raw write failed: {}", r.text()?);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
         }
-    }
+        Ok(())
+    })?;
     Ok(lines as f64 / t0.elapsed().as_secs_f64())
 }
 

@@ -31,7 +31,7 @@
 
 pub mod line;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,19 +88,12 @@ struct Batch {
     ends: Vec<usize>,
     first_seq: u64,
     last_seq: u64,
+    frames: usize,
     skipped_fields: u64,
     skipped_points: u64,
 }
 
 impl Batch {
-    fn clear(&mut self) {
-        self.text.clear();
-        self.ends.clear();
-        self.first_seq = 0;
-        self.last_seq = 0;
-        self.skipped_fields = 0;
-        self.skipped_points = 0;
-    }
     fn lines(&self) -> usize {
         self.ends.len()
     }
@@ -167,6 +160,7 @@ impl Encoder {
             b.first_seq = f.sequence_id;
         }
         b.last_seq = f.sequence_id;
+        b.frames += 1;
         let static_tags: Vec<(&str, &str)> = self
             .cfg
             .tags
@@ -444,22 +438,130 @@ impl DeadLetter {
     }
 }
 
-/// Runs the sink until shutdown.
+/// A batch being written by its own task.
+struct InFlight {
+    last_seq: u64,
+    lines: u64,
+    task: tokio::task::JoinHandle<Result<bool, SinkError>>,
+}
+
+/// Everything a write task needs, shared.
+struct Shared {
+    ctx: SinkContext,
+    writer: Writer,
+    dead: DeadLetter,
+    label: SinkLabel,
+    batch_lines: usize,
+    batch_bytes: usize,
+}
+
+/// Writes a whole batch in requests of at most `batch_lines` lines and
+/// `batch_bytes` bytes (at least one line each). `Ok(false)`: shutdown.
+async fn write_batch(sh: Arc<Shared>, batch: Batch) -> Result<bool, SinkError> {
+    let mut shutdown = sh.ctx.shutdown.clone();
+    let n = batch.lines();
+    let mut a = 0;
+    while a < n {
+        let start = if a == 0 { 0 } else { batch.ends[a - 1] };
+        let mut b = a + 1;
+        while b < n && b - a < sh.batch_lines && batch.ends[b] - start <= sh.batch_bytes {
+            b += 1;
+        }
+        if !write_range(
+            &sh.ctx,
+            &sh.writer,
+            &sh.dead,
+            &sh.label,
+            &batch,
+            a,
+            b,
+            &mut shutdown,
+        )
+        .await?
+        {
+            return Ok(false);
+        }
+        a = b;
+    }
+    Ok(true)
+}
+
+type TaskResult = Result<Result<bool, SinkError>, tokio::task::JoinError>;
+
+/// The oldest write's result (pending forever when none is in flight).
+async fn front_task(inflight: &mut VecDeque<InFlight>) -> TaskResult {
+    match inflight.front_mut() {
+        Some(f) => (&mut f.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Acknowledges a finished write. `Ok(false)`: it stopped for shutdown
+/// (nothing more may be acknowledged).
+fn finish(
+    f: Option<InFlight>,
+    done: TaskResult,
+    sub: &frame_bus::Subscription,
+    sh: &Shared,
+) -> Result<bool, SinkError> {
+    let Some(f) = f else { return Ok(true) };
+    match done {
+        Ok(Ok(true)) => {
+            // In order: every batch before this one was acknowledged already.
+            sub.ack(f.last_seq)?;
+            sh.ctx
+                .metrics
+                .sink_written
+                .get_or_create(&sh.label)
+                .inc_by(f.lines);
+            let mut st = lock(&sh.ctx.state);
+            st.written += f.lines;
+            st.last_error = None;
+            Ok(true)
+        }
+        Ok(Ok(false)) => Ok(false),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(SinkError::Setup(format!("write task failed: {e}"))),
+    }
+}
+
+/// Waits for every write in flight, acknowledging in order.
+async fn settle_all(
+    inflight: &mut VecDeque<InFlight>,
+    sub: &frame_bus::Subscription,
+    sh: &Shared,
+) -> Result<bool, SinkError> {
+    while !inflight.is_empty() {
+        let done = front_task(inflight).await;
+        if !finish(inflight.pop_front(), done, sub, sh)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Runs the sink until shutdown: batches are encoded here and written by
+/// up to `concurrency` tasks; their frames are acknowledged in order.
 pub async fn run(
     ctx: SinkContext,
     cfg: InfluxSinkConfig,
     index: DeviceIndex,
     data_dir: PathBuf,
 ) -> Result<(), SinkError> {
-    let label = SinkLabel {
-        sink: ctx.name.clone(),
-    };
     let mut shutdown = ctx.shutdown.clone();
     let mut sub = ctx.bus.subscribe(&ctx.name, None)?;
-    let writer = Writer::new(&cfg)?;
-    let dead = DeadLetter {
-        path: data_dir.join("dead-letter").join(format!("{}.jsonl", ctx.name)),
-    };
+    let sh = Arc::new(Shared {
+        writer: Writer::new(&cfg)?,
+        dead: DeadLetter {
+            path: data_dir.join("dead-letter").join(format!("{}.jsonl", ctx.name)),
+        },
+        label: SinkLabel {
+            sink: ctx.name.clone(),
+        },
+        batch_lines: cfg.batch_lines.max(1),
+        batch_bytes: usize::try_from(cfg.batch_bytes).unwrap_or(usize::MAX),
+        ctx: ctx.clone(),
+    });
     let encoder = Encoder {
         unsigned: match (cfg.unsigned, cfg.api) {
             (Some(UnsignedAs::Native), _) | (None, InfluxApi::V2) => Unsigned::Native,
@@ -470,28 +572,51 @@ pub async fn run(
     };
     info!(
         sink = ctx.name,
-        url = writer.url,
+        url = sh.writer.url,
         from = sub.position(),
+        concurrency = cfg.concurrency,
         "influxdb sink started"
     );
     const FRAMES: usize = 256;
-    let mut batch = Batch::default();
+    let concurrency = cfg.concurrency.max(1);
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
     loop {
-        batch.clear();
+        while inflight.len() >= concurrency {
+            let done = front_task(&mut inflight).await;
+            if !finish(inflight.pop_front(), done, &sub, &sh)? {
+                return Ok(());
+            }
+        }
         let first = tokio::select! {
             biased;
-            _ = wait_true(&mut shutdown) => return Ok(()),
-            r = sub.recv_batch(FRAMES) => r?,
+            // Writes in flight give up on shutdown after their current
+            // request; what they finished is acknowledged in order.
+            _ = wait_true(&mut shutdown) => {
+                settle_all(&mut inflight, &sub, &sh).await?;
+                return Ok(());
+            }
+            done = front_task(&mut inflight), if !inflight.is_empty() => {
+                if !finish(inflight.pop_front(), done, &sub, &sh)? {
+                    return Ok(());
+                }
+                continue;
+            }
+            r = sub.recv_batch(1) => r?,
         };
+        let mut batch = Batch::default();
         for f in &first {
             encoder.frame(f, &mut batch);
         }
-        // Fill up to batch_lines, waiting at most flush_interval. On
-        // shutdown the batch in hand is still written and acknowledged.
+        // Fill up to batch_lines / batch_bytes, waiting at most
+        // flush_interval. On shutdown the batch in hand is still written.
         let deadline = Instant::now() + cfg.flush_interval;
         let mut stopping = false;
-        while batch.lines() < cfg.batch_lines {
-            let more = sub.try_recv_batch(FRAMES)?;
+        while batch.lines() < sh.batch_lines && batch.text.len() < sh.batch_bytes {
+            // Read about as many frames as fill the batch, so batches stay
+            // near batch_lines and `concurrency` has several to spread.
+            let per_frame = (batch.lines() / batch.frames.max(1)).max(1);
+            let want = ((sh.batch_lines - batch.lines()) / per_frame).clamp(1, FRAMES);
+            let more = sub.try_recv_batch(want)?;
             if !more.is_empty() {
                 more.iter().for_each(|f| encoder.frame(f, &mut batch));
                 continue;
@@ -503,7 +628,7 @@ pub async fn run(
                     break;
                 }
                 _ = tokio::time::sleep_until(deadline) => break,
-                r = sub.recv_batch(FRAMES) => r?.iter().for_each(|f| encoder.frame(f, &mut batch)),
+                r = sub.recv_batch(want) => r?.iter().for_each(|f| encoder.frame(f, &mut batch)),
             }
         }
         if batch.skipped_fields + batch.skipped_points > 0 {
@@ -514,26 +639,13 @@ pub async fn run(
                 "NaN/Inf values cannot be written to InfluxDB; left out"
             );
         }
-        let lines = batch.lines();
-        let mut a = 0;
-        while a < lines {
-            let b = (a + cfg.batch_lines).min(lines);
-            if !write_range(&ctx, &writer, &dead, &label, &batch, a, b, &mut shutdown).await? {
-                return Ok(()); // shutdown while retrying
-            }
-            a = b;
-        }
-        sub.ack(batch.last_seq)?;
-        ctx.metrics
-            .sink_written
-            .get_or_create(&label)
-            .inc_by(lines as u64);
-        {
-            let mut st = lock(&ctx.state);
-            st.written += lines as u64;
-            st.last_error = None;
-        }
+        inflight.push_back(InFlight {
+            last_seq: batch.last_seq,
+            lines: batch.lines() as u64,
+            task: tokio::spawn(write_batch(sh.clone(), batch)),
+        });
         if stopping {
+            settle_all(&mut inflight, &sub, &sh).await?;
             return Ok(());
         }
     }
