@@ -421,3 +421,115 @@ fn refused_credentials_make_the_sink_unhealthy_and_the_gateway_unready() {
     assert!(g.metric_sum("gateway_consumer_lag_frames").unwrap() > 0.0);
     stop(g);
 }
+
+/// A minimal InfluxDB-compatible write endpoint for the cases real servers
+/// do not produce on demand: the first request gets `429 Retry-After: 1`,
+/// any body above `max_lines` lines gets `413`; accepted lines are kept.
+struct PickyServer {
+    url: String,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    statuses: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+}
+
+impl PickyServer {
+    fn start(max_lines: usize) -> PickyServer {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let statuses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (l, st) = (lines.clone(), statuses.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (l, st) = (l.clone(), st.clone());
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut w = conn;
+                    loop {
+                        let (mut len, mut gzip) = (0usize, false);
+                        let mut first = String::new();
+                        if r.read_line(&mut first).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let h = h.trim().to_ascii_lowercase();
+                            if h.is_empty() {
+                                break;
+                            }
+                            if let Some(v) = h.strip_prefix("content-length:") {
+                                len = v.trim().parse().unwrap();
+                            }
+                            gzip |= h == "content-encoding: gzip";
+                        }
+                        let mut body = vec![0; len];
+                        r.read_exact(&mut body).unwrap();
+                        let text = if gzip {
+                            let mut s = String::new();
+                            flate2::read::GzDecoder::new(&body[..])
+                                .read_to_string(&mut s)
+                                .unwrap();
+                            s
+                        } else {
+                            String::from_utf8(body).unwrap()
+                        };
+                        let n = text.lines().count();
+                        let status = {
+                            let mut st = st.lock().unwrap();
+                            let s = if st.is_empty() {
+                                429
+                            } else if n > max_lines {
+                                413
+                            } else {
+                                204
+                            };
+                            st.push(s);
+                            s
+                        };
+                        if status == 204 {
+                            l.lock().unwrap().extend(text.lines().map(String::from));
+                        }
+                        let extra = if status == 429 { "Retry-After: 1\r\n" } else { "" };
+                        let _ = write!(w, "HTTP/1.1 {status} X\r\n{extra}Content-Length: 0\r\n\r\n");
+                    }
+                });
+            }
+        });
+        PickyServer { url, lines, statuses }
+    }
+}
+
+#[test]
+fn throttling_and_too_large_requests_are_retried_and_split() {
+    let server = PickyServer::start(3);
+    let sink = format!(
+        "{ARCHIVE}\n[sinks.picky]\ntype = \"influxdb\"\nurl = \"{}\"\napi = \"v2\"\nbucket = \"gw\"\n\
+         batch_lines = 40\nflush_interval = \"200ms\"\n",
+        server.url
+    );
+    let demo = DemoDir::with_gateway(&[line_device()], &sink);
+    let mut g = Gateway::start(&demo, &[]);
+    g.wait_until("points accepted", LIMIT, |_| {
+        server.lines.lock().unwrap().len() >= 40
+    });
+    quiesce_and_stop(g, &demo);
+    let statuses = server.statuses.lock().unwrap().clone();
+    assert_eq!(statuses[0], 429, "{statuses:?}");
+    assert!(
+        statuses.contains(&413),
+        "large batches were refused: {statuses:?}"
+    );
+    // Every sample arrived once (a split resends nothing twice here: 413 writes nothing).
+    let lines = server.lines.lock().unwrap().clone();
+    let truth = truth(&demo, "line-1");
+    let total: usize = truth.values().map(Vec::len).sum();
+    assert_eq!(lines.len(), total, "every sample exactly once");
+    let unique: std::collections::HashSet<&String> = lines.iter().collect();
+    assert_eq!(unique.len(), total);
+    // Nothing was dead-lettered: splitting to ≤ 3 lines fits.
+    assert!(!demo.data().join("dead-letter/picky.jsonl").exists());
+}
