@@ -533,3 +533,50 @@ fn throttling_and_too_large_requests_are_retried_and_split() {
     // Nothing was dead-lettered: splitting to ≤ 3 lines fits.
     assert!(!demo.data().join("dead-letter/picky.jsonl").exists());
 }
+
+#[test]
+fn modbus_frames_land_with_their_device_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let influx = Influxd::start(tmp.path());
+    influx.query("", "CREATE DATABASE gw");
+    let plc = common::peers::ModbusServer::tcp(tmp.path());
+    let device = (
+        "plc".to_string(),
+        format!(
+            "name = \"plc\"\nprotocol = \"modbus-tcp\"\nendpoint = \"{}\"\nlocation = \"Line 2\"\nscan_interval = \"100ms\"\n\
+             [[tags]]\nname = \"pi\"\naddress = \"40013\"\ndata_type = \"float32\"\nunit = \"bar\"\n\
+             [[tags]]\nname = \"big\"\naddress = \"40025\"\ndata_type = \"uint64\"\n\
+             [[tags]]\nname = \"coil0\"\naddress = \"00001\"\ndata_type = \"bool\"\n",
+            plc.address
+        ),
+    );
+    let demo = DemoDir::with_gateway(&[device], &sink_v1(&influx.url));
+    let mut g = Gateway::start(&demo, &[]);
+    g.wait_until("modbus points", LIMIT, |_| count(&influx, "pi") >= 5);
+    g.signal(libc::SIGTERM);
+    g.wait_exit(LIMIT);
+    let pi = influx.rows(
+        "gw",
+        "SELECT value, unit, protocol, location FROM device_data WHERE tag_name = 'pi' LIMIT 1",
+    );
+    assert!(
+        (pi[0]["value"].as_f64().unwrap() - 3.14159).abs() < 1e-6,
+        "{pi:?}"
+    );
+    assert_eq!(
+        (pi[0]["unit"].clone(), pi[0]["protocol"].clone()),
+        (json!("bar"), json!("modbus-tcp"))
+    );
+    assert_eq!(pi[0]["location"], "Line 2");
+    // A uint64 above i64::MAX: v1 writes integers, saturated (1.x has no `u`).
+    let big = influx.rows(
+        "gw",
+        "SELECT value_uint FROM device_data WHERE tag_name = 'big' LIMIT 1",
+    );
+    assert_eq!(big[0]["value_uint"], json!(i64::MAX), "{big:?}");
+    let coil = influx.rows(
+        "gw",
+        "SELECT value_bool FROM device_data WHERE tag_name = 'coil0' LIMIT 1",
+    );
+    assert_eq!(coil[0]["value_bool"], json!(true));
+}
