@@ -62,6 +62,10 @@ pub struct InfluxSinkConfig {
     /// Measurement of events (alerts, device status, command results).
     #[serde(default = "d_events")]
     pub event_measurement: String,
+    /// Renames of built-in tag keys, e.g. `device_id = "device"` (keys:
+    /// [`BUILTIN_TAGS`]).
+    #[serde(default)]
+    pub tag_keys: BTreeMap<String, String>,
     /// Extra tags on every point (e.g. `gateway_id = "line-3"`); must not
     /// reuse a built-in tag name ([`BUILTIN_TAGS`]).
     #[serde(default)]

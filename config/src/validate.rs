@@ -87,6 +87,26 @@ pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigEr
                 positive(&mut e, &k("flush_interval"), i.flush_interval);
                 positive(&mut e, &k("timeout"), i.timeout);
                 positive(&mut e, &k("max_retry_interval"), i.max_retry_interval);
+                let mut renamed = std::collections::HashSet::new();
+                for (from, to) in &i.tag_keys {
+                    let key = format!("{base}.tag_keys.{from}");
+                    if !crate::influx::BUILTIN_TAGS.contains(&from.as_str()) {
+                        e(
+                            &key,
+                            format!(
+                                "`{from}` is not a built-in tag; these can be renamed: {}",
+                                crate::influx::BUILTIN_TAGS.join(", ")
+                            ),
+                        );
+                    } else if to.trim().is_empty() {
+                        e(&key, "the new name must not be empty".into());
+                    } else if !renamed.insert(to.as_str()) || i.tags.contains_key(to) {
+                        e(
+                            &key,
+                            format!("`{to}` is used twice (renames and static tags must be distinct)"),
+                        );
+                    }
+                }
                 for t in i.tags.keys() {
                     if crate::influx::BUILTIN_TAGS.contains(&t.as_str()) {
                         e(

@@ -153,6 +153,11 @@ struct Encoder {
 }
 
 impl Encoder {
+    /// The key written for built-in tag `k` (renamed by `tag_keys`).
+    fn key<'a>(&'a self, k: &'a str) -> &'a str {
+        self.cfg.tag_keys.get(k).map_or(k, String::as_str)
+    }
+
     /// Appends the points of one frame; undecodable payloads are counted
     /// by the bus reader already and skipped here.
     fn frame(&self, f: &FrameEnvelope, b: &mut Batch) {
@@ -174,12 +179,12 @@ impl Encoder {
                 for s in &d.samples {
                     let unit = meta.and_then(|m| m.units.get(&s.tag)).map_or("", String::as_str);
                     let mut tags = vec![
-                        ("device_id", d.device_id.as_str()),
-                        ("device_name", d.device_id.as_str()),
-                        ("tag_name", s.tag.as_str()),
-                        ("protocol", meta.map_or("", |m| m.protocol)),
-                        ("location", meta.map_or("", |m| m.location.as_str())),
-                        ("unit", unit),
+                        (self.key("device_id"), d.device_id.as_str()),
+                        (self.key("device_name"), d.device_id.as_str()),
+                        (self.key("tag_name"), s.tag.as_str()),
+                        (self.key("protocol"), meta.map_or("", |m| m.protocol)),
+                        (self.key("location"), meta.map_or("", |m| m.location.as_str())),
+                        (self.key("unit"), unit),
                     ];
                     tags.extend(static_tags.iter().copied());
                     let (mut h1, mut h2) = (String::new(), String::new());
@@ -206,12 +211,12 @@ impl Encoder {
                 let level = proto::AlertLevel::try_from(e.level).map_or("", |l| l.as_str_name());
                 let level = if e.level == 0 { "" } else { level };
                 let mut tags = vec![
-                    ("event_type", kind),
-                    ("device_id", e.device_id.as_str()),
-                    ("tag_name", e.tag.as_str()),
-                    ("rule_id", e.rule_id.as_str()),
-                    ("level", level),
-                    ("status", e.status.as_str()),
+                    (self.key("event_type"), kind),
+                    (self.key("device_id"), e.device_id.as_str()),
+                    (self.key("tag_name"), e.tag.as_str()),
+                    (self.key("rule_id"), e.rule_id.as_str()),
+                    (self.key("level"), level),
+                    (self.key("status"), e.status.as_str()),
                 ];
                 tags.extend(static_tags.iter().copied());
                 let mut hex = String::new();
@@ -822,6 +827,36 @@ mod tests {
         assert_eq!(
             b.slice(1, 2),
             b.text.lines().nth(1).map(|l| format!("{l}\n")).unwrap()
+        );
+    }
+
+    #[test]
+    fn built_in_tag_keys_can_be_renamed() {
+        let cfg: InfluxSinkConfig =
+            toml::from_str("url = \"http://x\"\nbucket = \"b\"\nmeasurement = \"plant\"\n[tag_keys]\ndevice_id = \"machine\"\ntag_name = \"signal\"")
+                .unwrap();
+        let e = Encoder {
+            cfg,
+            index: Arc::default(),
+            unsigned: Unsigned::Native,
+        };
+        let frame = proto::DataFrame {
+            device_id: "press-7".into(),
+            samples: vec![proto::Sample {
+                tag: "force".into(),
+                value: Some(Value::float(1.5)),
+                raw_value: None,
+                quality: 0,
+                source_ts_ns: 9,
+                error_code: 0,
+            }],
+        };
+        let env = FrameEnvelope::new(1, 1, FrameType::Data, proto::Message::encode_to_vec(&frame));
+        let mut b = Batch::default();
+        e.frame(&env, &mut b);
+        assert_eq!(
+            b.text,
+            "plant,machine=press-7,device_name=press-7,signal=force value=1.5,quality=0i,error_code=0i 9\n"
         );
     }
 
