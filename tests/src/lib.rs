@@ -12,8 +12,9 @@
 //! `P <seq> <publisher> <counter>` for an acknowledged publish,
 //! `A <seq>` for a consumer acknowledgement, `READY` once the bus is open.
 //!
-//! * `runtime_bench`, `modbus_bench` — benchmarks of the real binary; they
-//!   read the gateway's CPU time and memory with [`proc_stats`].
+//! * `runtime_bench`, `modbus_bench`, `influx_bench` — benchmarks of the
+//!   real binary; they read the gateway's CPU time and memory with
+//!   [`proc_stats`] and its metrics and knobs with [`bench`].
 
 /// Payload of publisher `p`'s `n`-th frame, as written by `wal_crash_child`.
 pub fn crash_payload(publisher: u64, counter: u64) -> Vec<u8> {
@@ -49,5 +50,45 @@ pub mod proc_stats {
             .find(|l| l.starts_with(field))
             .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
         Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
+    }
+}
+
+/// What every benchmark binary needs: its arguments and knobs, and the
+/// gateway's Prometheus metrics.
+pub mod bench {
+    use std::path::PathBuf;
+
+    use anyhow::{Context, Result};
+
+    /// The gateway binary given as the first argument.
+    pub fn gateway_arg(bench: &str) -> Result<PathBuf> {
+        Ok(PathBuf::from(
+            std::env::args()
+                .nth(1)
+                .with_context(|| format!("usage: {bench} <gateway-binary>"))?,
+        ))
+    }
+
+    /// An integer knob from the environment, or its default.
+    pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// `BENCH_DIR`, or `default`.
+    pub fn dir(default: &str) -> PathBuf {
+        PathBuf::from(std::env::var("BENCH_DIR").unwrap_or_else(|_| default.into()))
+    }
+
+    /// Sum of every sample of metric `name` scraped from the gateway on `port`.
+    pub fn metric_sum(port: u16, name: &str) -> Result<f64> {
+        let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))?.text()?;
+        Ok(body
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum())
     }
 }

@@ -17,14 +17,14 @@
 //! `scripts/bench.sh influx`.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use frame_bus::{BusConfig, FrameBus};
 use proto::{DataFrame, FrameType, Message, Sample, Value};
-use tests::proc_stats;
+use tests::{bench, proc_stats};
 
 const SAMPLES: usize = 1000;
 const BATCH: usize = 5000;
@@ -91,15 +91,6 @@ fn frame(i: usize, ts0: u64) -> DataFrame {
     }
 }
 
-fn metric(port: u16, name: &str) -> Result<f64> {
-    let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))?.text()?;
-    Ok(body
-        .lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum())
-}
-
 /// Gateway: drains `frames` pre-filled frames; (points/s, CPU s per 100k points).
 fn gateway_run(bin: &Path, dir: &Path, url: &str, frames: usize, ts0: u64) -> Result<(f64, f64)> {
     let data = dir.join("gw");
@@ -143,7 +134,7 @@ fn gateway_run(bin: &Path, dir: &Path, url: &str, frames: usize, ts0: u64) -> Re
         let t0 = Instant::now();
         let c0 = proc_stats::cpu_ticks(pid)?;
         loop {
-            let written = metric(port, "gateway_sink_frames_written_total").unwrap_or(0.0);
+            let written = bench::metric_sum(port, "gateway_sink_frames_written_total").unwrap_or(0.0);
             if written >= (frames * SAMPLES) as f64 {
                 break;
             }
@@ -230,17 +221,9 @@ fn raw_writer(url: &str, frames: usize, ts0: u64) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    let bin = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .context("usage: influx_bench <gateway-binary>")?,
-    );
-    let frames: usize = std::env::var("BENCH_FRAMES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let base =
-        PathBuf::from(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp/gateway-influx-bench".into()));
+    let bin = bench::gateway_arg("influx_bench")?;
+    let frames: usize = bench::knob("BENCH_FRAMES", 300);
+    let base = bench::dir("/var/tmp/gateway-influx-bench");
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
     let (mut influxd, url) = start_influxd(&base)?;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use tests::proc_stats;
+use tests::{bench, proc_stats};
 use tokio_modbus::prelude::*;
 use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
 
@@ -145,15 +145,6 @@ fn write_config(dir: &Path, s: &Scenario, farm: &[SocketAddr], port: u16) -> Res
     Ok(dir.join("gateway.toml"))
 }
 
-fn metric(port: u16, name: &str) -> Result<f64> {
-    let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))?.text()?;
-    Ok(body
-        .lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum())
-}
-
 struct Measured {
     tags_per_sec: f64,
     requests_per_poll: f64,
@@ -177,7 +168,7 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, farm: &[SocketAddr], secs
     let pid = child.id();
     let result = (|| {
         let t0 = Instant::now();
-        while metric(port, "gateway_samples_published_total").is_err() {
+        while bench::metric_sum(port, "gateway_samples_published_total").is_err() {
             if t0.elapsed() > Duration::from_secs(60) {
                 bail!("gateway did not come up");
             }
@@ -186,9 +177,9 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, farm: &[SocketAddr], secs
         std::thread::sleep(Duration::from_secs(3)); // warm-up
         let snap = || -> Result<(f64, f64, f64, u64)> {
             Ok((
-                metric(port, "gateway_samples_published_total")?,
-                metric(port, "gateway_device_requests_total")?,
-                metric(port, "gateway_device_polls_total")?,
+                bench::metric_sum(port, "gateway_samples_published_total")?,
+                bench::metric_sum(port, "gateway_device_requests_total")?,
+                bench::metric_sum(port, "gateway_device_polls_total")?,
                 proc_stats::cpu_ticks(pid)?,
             ))
         };
@@ -197,7 +188,7 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, farm: &[SocketAddr], secs
         std::thread::sleep(Duration::from_secs(secs));
         let (s1, r1, p1, c1) = snap()?;
         let dt = t0.elapsed().as_secs_f64();
-        let errors = metric(port, "gateway_device_errors_total")?;
+        let errors = bench::metric_sum(port, "gateway_device_errors_total")?;
         if errors > 0.0 {
             bail!("{errors} device errors during the run");
         }
@@ -252,17 +243,9 @@ fn raw_baseline(farm: &[SocketAddr], secs: u64) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    let bin = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .context("usage: modbus_bench <gateway-binary>")?,
-    );
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(15);
-    let base =
-        PathBuf::from(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp/gateway-modbus-bench".into()));
+    let bin = bench::gateway_arg("modbus_bench")?;
+    let secs: u64 = bench::knob("BENCH_SECS", 15);
+    let base = bench::dir("/var/tmp/gateway-modbus-bench");
     std::fs::create_dir_all(&base)?;
     let farm = device_farm(100)?;
     println!("| scenario | devices × tags @ scan | tags/s into the bus | requests/poll | gateway CPU (share of one core) | RSS at end / peak (MiB) |");

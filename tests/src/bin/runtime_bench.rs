@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use frame_bus::{BusConfig, FrameBus};
 use proto::{DataFrame, FrameType, Message, Sample, Value};
-use tests::proc_stats;
+use tests::{bench, proc_stats};
 
 struct Scenario {
     name: &'static str,
@@ -82,15 +82,6 @@ fn write_config(dir: &Path, s: &Scenario, port: u16) -> Result<PathBuf> {
     Ok(dir.join("gateway.toml"))
 }
 
-fn samples(port: u16) -> Result<f64> {
-    let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))?.text()?;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with("gateway_samples_published_total"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum())
-}
-
 struct Measured {
     samples_per_sec: f64,
     cpu_share: f64,
@@ -112,17 +103,21 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, secs: u64) -> Result<Meas
     let pid = child.id();
     let result = (|| {
         let t0 = Instant::now();
-        while samples(port).is_err() {
+        while bench::metric_sum(port, "gateway_samples_published_total").is_err() {
             if t0.elapsed() > Duration::from_secs(30) {
                 bail!("gateway did not come up");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(Duration::from_secs(2)); // warm-up
-        let (s0, c0, t0) = (samples(port)?, proc_stats::cpu_ticks(pid)?, Instant::now());
+        let (s0, c0, t0) = (
+            bench::metric_sum(port, "gateway_samples_published_total")?,
+            proc_stats::cpu_ticks(pid)?,
+            Instant::now(),
+        );
         std::thread::sleep(Duration::from_secs(secs));
         let (s1, c1, dt) = (
-            samples(port)?,
+            bench::metric_sum(port, "gateway_samples_published_total")?,
             proc_stats::cpu_ticks(pid)?,
             t0.elapsed().as_secs_f64(),
         );
@@ -190,17 +185,9 @@ fn raw_baseline(base: &Path, tasks: usize, secs: u64) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    let bin = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .context("usage: runtime_bench <gateway-binary>")?,
-    );
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(15);
-    let base =
-        PathBuf::from(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp/gateway-runtime-bench".into()));
+    let bin = bench::gateway_arg("runtime_bench")?;
+    let secs: u64 = bench::knob("BENCH_SECS", 15);
+    let base = bench::dir("/var/tmp/gateway-runtime-bench");
     std::fs::create_dir_all(&base)?;
     println!("| scenario | devices × tags @ scan | samples/s | CPU (share of one core) | peak RSS (MiB) |");
     println!("|---|---|---:|---:|---:|");
