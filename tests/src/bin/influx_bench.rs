@@ -131,6 +131,18 @@ fn gateway_run(bin: &Path, dir: &Path, url: &str, frames: usize, ts0: u64) -> Re
         .spawn()?;
     let pid = child.id();
     let result = (|| {
+        // The clock starts once the gateway answers (RocksDB open and
+        // start-up excluded); points written before that are subtracted.
+        let up = Instant::now();
+        let w0 = loop {
+            if let Ok(w) = bench::metric_sum(port, "gateway_sink_frames_written_total") {
+                break w;
+            }
+            if up.elapsed() > Duration::from_secs(60) {
+                bail!("gateway did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let t0 = Instant::now();
         let c0 = proc_stats::cpu_ticks(pid)?;
         loop {
@@ -145,7 +157,7 @@ fn gateway_run(bin: &Path, dir: &Path, url: &str, frames: usize, ts0: u64) -> Re
         }
         let dt = t0.elapsed().as_secs_f64();
         let cpu = (proc_stats::cpu_ticks(pid)? - c0) as f64 / proc_stats::ticks_per_sec();
-        let points = (frames * SAMPLES) as f64;
+        let points = (frames * SAMPLES) as f64 - w0;
         Ok((points / dt, cpu / points * 100_000.0))
     })();
     // SAFETY: SIGTERM to our own child.
