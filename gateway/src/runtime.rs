@@ -65,6 +65,8 @@ struct Runtime {
     backoff: Backoff,
     devices: BTreeMap<String, RunningDevice>,
     writers: Arc<crate::commands::Writers>,
+    /// Device metadata the InfluxDB sinks tag points with.
+    device_index: sinks::influx::DeviceIndex,
 }
 
 impl Runtime {
@@ -207,6 +209,7 @@ impl Runtime {
             .config_reloads
             .get_or_create(&ResultLabel { result: "ok".into() })
             .inc();
+        self.device_index.update(&new.devices);
         self.config.devices = new.devices;
     }
 }
@@ -268,6 +271,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (sink_stop, sink_stop_rx) = watch::channel(false);
     let mut sink_tasks = Vec::new();
+    let device_index = sinks::influx::DeviceIndex::new(&config.devices);
     for (name, sink) in &g.sinks {
         if !sink.enabled {
             info!(sink = name, "sink disabled");
@@ -318,11 +322,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 )
             }
             SinkKind::Influx(i) => {
-                let (i, index, dir) = (
-                    (**i).clone(),
-                    sinks::influx::device_index(&config.devices),
-                    g.data_dir.clone(),
-                );
+                let (i, index, dir) = ((**i).clone(), device_index.clone(), g.data_dir.clone());
                 supervise(
                     format!("sink:{name}"),
                     "sink",
@@ -356,6 +356,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         backoff,
         devices: BTreeMap::new(),
         writers,
+        device_index,
     };
     for d in config.devices.clone() {
         rt.start_device(d, 1);

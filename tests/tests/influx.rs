@@ -580,3 +580,33 @@ fn modbus_frames_land_with_their_device_metadata() {
     );
     assert_eq!(coil[0]["value_bool"], json!(true));
 }
+
+#[test]
+fn a_reload_updates_the_device_tags_of_new_points() {
+    let tmp = tempfile::tempdir().unwrap();
+    let influx = Influxd::start(tmp.path());
+    influx.query("", "CREATE DATABASE gw");
+    let demo = DemoDir::with_gateway(&[line_device()], &sink_v1(&influx.url));
+    let mut g = Gateway::start(&demo, &[]);
+    let located = |place: &str| {
+        influx
+            .rows(
+                "gw",
+                &format!(
+                    "SELECT count(quality) FROM device_data WHERE tag_name = 'temp' AND location = '{place}'"
+                ),
+            )
+            .first()
+            .and_then(|r| r["count"].as_u64())
+            .unwrap_or(0)
+    };
+    g.wait_until("points from Hall 3", LIMIT, |_| located("Hall 3") > 0);
+    let path = demo.dir.path().join("devices/line-1.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("Hall 3", "Hall 4")).unwrap();
+    g.signal(libc::SIGHUP);
+    g.wait_until("points from Hall 4 after the reload", LIMIT, |_| {
+        located("Hall 4") > 0
+    });
+    stop(g);
+}

@@ -56,12 +56,21 @@ pub struct DeviceMeta {
     pub units: HashMap<String, String>,
 }
 
-/// Devices by name, from the configuration the gateway started with.
-pub type DeviceIndex = Arc<HashMap<String, DeviceMeta>>;
+/// Devices by name, shared by the InfluxDB sinks and kept current by the
+/// runtime on every reload ([`DeviceIndex::update`]).
+#[derive(Clone, Default)]
+pub struct DeviceIndex(Arc<std::sync::RwLock<HashMap<String, DeviceMeta>>>);
 
-pub fn device_index(devices: &[DeviceConfig]) -> DeviceIndex {
-    Arc::new(
-        devices
+impl DeviceIndex {
+    pub fn new(devices: &[DeviceConfig]) -> DeviceIndex {
+        let index = DeviceIndex::default();
+        index.update(devices);
+        index
+    }
+
+    /// Replaces the index with `devices` (SIGHUP).
+    pub fn update(&self, devices: &[DeviceConfig]) {
+        let map = devices
             .iter()
             .map(|d| {
                 let units = d
@@ -76,8 +85,13 @@ pub fn device_index(devices: &[DeviceConfig]) -> DeviceIndex {
                 };
                 (d.name.clone(), meta)
             })
-            .collect(),
-    )
+            .collect();
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, DeviceMeta>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Lines of one batch: `text[ends[i-1]..ends[i]]` is line `i`, so any run
@@ -175,7 +189,8 @@ impl Encoder {
         match FrameType::try_from(f.frame_type) {
             Ok(FrameType::Data) => {
                 let Ok(d) = f.data_frame() else { return };
-                let meta = self.index.get(&d.device_id);
+                let index = self.index.read();
+                let meta = index.get(&d.device_id);
                 for s in &d.samples {
                     let unit = meta.and_then(|m| m.units.get(&s.tag)).map_or("", String::as_str);
                     let mut tags = vec![
@@ -783,7 +798,8 @@ mod tests {
             ..DeviceMeta::default()
         };
         meta.units.insert("temp".into(), "°C".into());
-        let index = Arc::new(HashMap::from([("boiler-1".to_string(), meta)]));
+        let index = DeviceIndex::default();
+        index.0.write().unwrap().insert("boiler-1".to_string(), meta);
         let frame = proto::DataFrame {
             device_id: "boiler-1".into(),
             samples: vec![
@@ -837,7 +853,7 @@ mod tests {
                 .unwrap();
         let e = Encoder {
             cfg,
-            index: Arc::default(),
+            index: DeviceIndex::default(),
             unsigned: Unsigned::Native,
         };
         let frame = proto::DataFrame {
