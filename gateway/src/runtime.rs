@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use config::{Config, DeviceConfig, SinkKind};
+use config::{Config, DeviceConfig};
 use frame_bus::{BusConfig, FrameBus, RetentionConfig, SyncMode};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -303,37 +303,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .last_error
                 .get_or_insert_with(|| "restarting after a failure".into());
         };
-        let handle = match &sink.kind {
-            SinkKind::File(f) => {
-                let f = f.clone();
-                let path = if f.path.is_absolute() {
-                    f.path.clone()
-                } else {
-                    g.data_dir.join(&f.path)
-                };
-                supervise(
-                    format!("sink:{name}"),
-                    "sink",
-                    backoff.clone(),
-                    metrics.clone(),
-                    sink_stop_rx.clone(),
-                    on_restart,
-                    move || sinks::file::run(ctx.clone(), f.clone(), path.clone()),
-                )
-            }
-            SinkKind::Influx(i) => {
-                let (i, index, dir) = ((**i).clone(), device_index.clone(), g.data_dir.clone());
-                supervise(
-                    format!("sink:{name}"),
-                    "sink",
-                    backoff.clone(),
-                    metrics.clone(),
-                    sink_stop_rx.clone(),
-                    on_restart,
-                    move || sinks::influx::run(ctx.clone(), i.clone(), index.clone(), dir.clone()),
-                )
-            }
-        };
+        let (kind, dir, index) = (sink.kind.clone(), g.data_dir.clone(), device_index.clone());
+        let handle = supervise(
+            format!("sink:{name}"),
+            "sink",
+            backoff.clone(),
+            metrics.clone(),
+            sink_stop_rx.clone(),
+            on_restart,
+            move || sinks::run(ctx.clone(), kind.clone(), dir.clone(), index.clone()),
+        );
         info!(sink = name, kind = sink.kind.type_name(), "sink started");
         sink_tasks.push(handle);
     }

@@ -82,6 +82,56 @@ pub mod bench {
         PathBuf::from(std::env::var("BENCH_DIR").unwrap_or_else(|_| default.into()))
     }
 
+    /// A `gateway run` started by a benchmark; SIGTERMed and reaped on drop.
+    pub struct Running {
+        child: std::process::Child,
+        pub pid: u32,
+        pub port: u16,
+    }
+
+    impl Running {
+        /// Starts `bin run --config config` and waits until `/metrics`
+        /// on `port` answers.
+        pub fn start(bin: &std::path::Path, config: &std::path::Path, port: u16) -> Result<Running> {
+            let child = std::process::Command::new(bin)
+                .args(["run", "--config"])
+                .arg(config)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            let running = Running {
+                pid: child.id(),
+                child,
+                port,
+            };
+            let t0 = std::time::Instant::now();
+            while metric_sum(port, "gateway_build_info").is_err() {
+                anyhow::ensure!(
+                    t0.elapsed() < std::time::Duration::from_secs(60),
+                    "gateway did not come up"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(running)
+        }
+
+        pub fn metric(&self, name: &str) -> Result<f64> {
+            metric_sum(self.port, name)
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Ok(pid) = libc::pid_t::try_from(self.pid) {
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let _ = self.child.wait();
+        }
+    }
+
     /// Sum of every sample of metric `name` scraped from the gateway on `port`.
     pub fn metric_sum(port: u16, name: &str) -> Result<f64> {
         let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))?.text()?;

@@ -7,7 +7,10 @@
 pub mod file;
 pub mod influx;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use config::SinkKind;
 
 use frame_bus::FrameBus;
 use tokio::sync::watch;
@@ -38,4 +41,25 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Runs the sink of `kind` until shutdown (→ `Ok`) or failure (→ `Err`,
+/// restarted by the supervisor). Relative paths resolve against `data_dir`.
+pub async fn run(
+    ctx: SinkContext,
+    kind: SinkKind,
+    data_dir: PathBuf,
+    index: influx::DeviceIndex,
+) -> Result<(), SinkError> {
+    match kind {
+        SinkKind::File(f) => {
+            let path = if f.path.is_absolute() {
+                f.path.clone()
+            } else {
+                data_dir.join(&f.path)
+            };
+            file::run(ctx, f, path).await
+        }
+        SinkKind::Influx(i) => influx::run(ctx, *i, index, data_dir).await,
+    }
 }

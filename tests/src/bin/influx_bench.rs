@@ -122,31 +122,16 @@ fn gateway_run(bin: &Path, dir: &Path, url: &str, frames: usize, ts0: u64) -> Re
         "name = \"idle\"\nprotocol = \"simulator\"\nendpoint = \"sim://idle\"\nenabled = false\n\
          [[tags]]\nname = \"t\"\naddress = \"sine\"\ndata_type = \"Double\"\n",
     )?;
-    let mut child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(data.join("gateway.toml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let pid = child.id();
+    let gw = bench::Running::start(bin, &data.join("gateway.toml"), port)?;
+    let pid = gw.pid;
     let result = (|| {
         // The clock starts once the gateway answers (RocksDB open and
         // start-up excluded); points written before that are subtracted.
-        let up = Instant::now();
-        let w0 = loop {
-            if let Ok(w) = bench::metric_sum(port, "gateway_sink_frames_written_total") {
-                break w;
-            }
-            if up.elapsed() > Duration::from_secs(60) {
-                bail!("gateway did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let w0 = gw.metric("gateway_sink_frames_written_total")?;
         let t0 = Instant::now();
         let c0 = proc_stats::cpu_ticks(pid)?;
         loop {
-            let written = bench::metric_sum(port, "gateway_sink_frames_written_total").unwrap_or(0.0);
+            let written = gw.metric("gateway_sink_frames_written_total").unwrap_or(0.0);
             if written >= (frames * SAMPLES) as f64 {
                 break;
             }
@@ -160,9 +145,7 @@ fn gateway_run(bin: &Path, dir: &Path, url: &str, frames: usize, ts0: u64) -> Re
         let points = (frames * SAMPLES) as f64 - w0;
         Ok((points / dt, cpu / points * 100_000.0))
     })();
-    // SAFETY: SIGTERM to our own child.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let _ = child.wait();
+    drop(gw);
     result
 }
 

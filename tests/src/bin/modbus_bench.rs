@@ -19,7 +19,6 @@ use std::future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,22 +157,9 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, farm: &[SocketAddr], secs
     let _ = std::fs::remove_dir_all(&dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let cfg = write_config(&dir, s, farm, port)?;
-    let mut child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let pid = child.id();
+    let gw = bench::Running::start(bin, &cfg, port)?;
+    let pid = gw.pid;
     let result = (|| {
-        let t0 = Instant::now();
-        while bench::metric_sum(port, "gateway_samples_published_total").is_err() {
-            if t0.elapsed() > Duration::from_secs(60) {
-                bail!("gateway did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
         std::thread::sleep(Duration::from_secs(3)); // warm-up
         let snap = || -> Result<(f64, f64, f64, u64)> {
             Ok((
@@ -201,9 +187,7 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, farm: &[SocketAddr], secs
             rss_mib: proc_stats::memory_kib(pid, "VmRSS:")? as f64 / 1024.0,
         })
     })();
-    // SAFETY: SIGTERM to our own child.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let _ = child.wait();
+    drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -13,10 +13,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use frame_bus::{BusConfig, FrameBus};
 use proto::{DataFrame, FrameType, Message, Sample, Value};
 use tests::{bench, proc_stats};
@@ -93,22 +92,9 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, secs: u64) -> Result<Meas
     let _ = std::fs::remove_dir_all(&dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let cfg = write_config(&dir, s, port)?;
-    let mut child: Child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let pid = child.id();
+    let gw = bench::Running::start(bin, &cfg, port)?;
+    let pid = gw.pid;
     let result = (|| {
-        let t0 = Instant::now();
-        while bench::metric_sum(port, "gateway_samples_published_total").is_err() {
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!("gateway did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
         std::thread::sleep(Duration::from_secs(2)); // warm-up
         let (s0, c0, t0) = (
             bench::metric_sum(port, "gateway_samples_published_total")?,
@@ -129,9 +115,7 @@ fn run_scenario(bin: &Path, base: &Path, s: &Scenario, secs: u64) -> Result<Meas
             peak_rss_mib: proc_stats::memory_kib(pid, "VmHWM:")? as f64 / 1024.0,
         })
     })();
-    // SAFETY: SIGTERM to our own child.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let _ = child.wait();
+    drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

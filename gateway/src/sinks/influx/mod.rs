@@ -487,18 +487,7 @@ async fn write_batch(sh: Arc<Shared>, batch: Batch) -> Result<bool, SinkError> {
         while b < n && b - a < sh.batch_lines && batch.ends[b] - start <= sh.batch_bytes {
             b += 1;
         }
-        if !write_range(
-            &sh.ctx,
-            &sh.writer,
-            &sh.dead,
-            &sh.label,
-            &batch,
-            a,
-            b,
-            &mut shutdown,
-        )
-        .await?
-        {
+        if !write_range(&sh, &batch, a, b, &mut shutdown).await? {
             return Ok(false);
         }
         a = b;
@@ -673,17 +662,14 @@ pub async fn run(
 
 /// Writes lines `a..b` of `batch`, splitting refused requests down to
 /// single lines (dead-lettered). `Ok(false)`: shutdown came first.
-#[allow(clippy::too_many_arguments)]
 async fn write_range(
-    ctx: &SinkContext,
-    writer: &Writer,
-    dead: &DeadLetter,
-    label: &SinkLabel,
+    sh: &Shared,
     batch: &Batch,
     a: usize,
     b: usize,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<bool, SinkError> {
+    let (ctx, writer, dead, label) = (&sh.ctx, &sh.writer, &sh.dead, &sh.label);
     let mut todo = vec![(a, b)];
     while let Some((a, b)) = todo.pop() {
         let mut attempt = 0u32;
