@@ -15,6 +15,10 @@
 #   scripts/bench.sh influx          the InfluxDB sink draining a pre-filled WAL into
 #                                    a local influxd vs a raw bulk writer
 #                                    (tests/src/bin/influx_bench.rs)
+#   scripts/bench.sh postgres        the PostgreSQL store draining a pre-filled WAL of
+#                                    alert and audit events into the machine's
+#                                    PostgreSQL vs a raw bulk writer
+#                                    (tests/src/bin/pg_bench.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/common.sh
@@ -40,6 +44,13 @@ case "$what" in
         cargo build --release --locked -p gateway -p tests --bins
         export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-influx-bench}"
         "$CARGO_TARGET_DIR/release/influx_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
+        ;;
+    postgres)
+        shift
+        ensure_postgres
+        cargo build --release --locked -p gateway -p tests --bins
+        export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-pg-bench}"
+        "$CARGO_TARGET_DIR/release/pg_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
         ;;
     bus)
         [ $# -gt 0 ] && shift

@@ -28,6 +28,10 @@ trap cleanup EXIT
 ensure_modbus_peer
 # The InfluxDB sink tests start private influxd / VictoriaMetrics instances.
 ensure_influx_peers
+# The PostgreSQL store tests use the machine's server (a database each) and
+# start private clusters for the outage tests.
+ensure_postgres
+[ -n "$PG_STARTED_BY_US" ] && STARTED+=("service postgresql stop >/dev/null 2>&1")
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -158,6 +158,9 @@ pub enum SinkKind {
     File(FileSinkConfig),
     /// `type = "influxdb"`: samples and events as line protocol.
     Influx(Box<crate::influx::InfluxSinkConfig>),
+    /// `type = "postgres"`: configuration, device status, alert history and
+    /// audit log in the seed's relational schema.
+    Postgres(Box<crate::postgres::PostgresSinkConfig>),
 }
 
 impl SinkKind {
@@ -165,11 +168,12 @@ impl SinkKind {
         match self {
             SinkKind::File(_) => "file",
             SinkKind::Influx(_) => "influxdb",
+            SinkKind::Postgres(_) => "postgres",
         }
     }
 }
 
-pub(crate) const SINK_TYPES: &[&str] = &["file", "influxdb"];
+pub(crate) const SINK_TYPES: &[&str] = &["file", "influxdb", "postgres"];
 
 /// `type = "file"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -34,6 +34,7 @@ mod error;
 mod gateway;
 mod influx;
 mod load;
+mod postgres;
 pub mod modbus;
 mod simulator;
 pub mod units;
@@ -51,6 +52,8 @@ pub use gateway::{
 };
 pub use influx::{InfluxApi, InfluxSinkConfig, UnsignedAs};
 pub use load::EnvLookup;
+pub use postgres::{PostgresSinkConfig, SslMode};
+pub use validate::redact_url;
 pub use modbus::{ByteOrder, ModbusDevice, ModbusPoint, ModbusTag, Parity, SerialSettings, Table};
 pub use simulator::{ConstantValue, Generator, SimulatorDevice, SimulatorTag};
 
@@ -173,6 +176,17 @@ fn load_gateway(
                 errors,
             )
             .map(|c| SinkKind::Influx(Box::new(c))),
+            "postgres" => de(
+                &src,
+                table_value(vspan, rest),
+                &base,
+                Some(gateway::SINK_KEYS),
+                errors,
+            )
+            .map(|mut c: PostgresSinkConfig| {
+                c.ssl_root_cert = c.ssl_root_cert.as_deref().map(resolve);
+                SinkKind::Postgres(Box::new(c))
+            }),
             other => {
                 errors.push(src.error(
                     &format!("{base}.type"),

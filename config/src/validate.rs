@@ -119,7 +119,45 @@ pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigEr
                     e(&k("measurement"), "measurement names must not be empty".into());
                 }
             }
+            SinkKind::Postgres(p) => {
+                let k = |key: &str| format!("{base}.{key}");
+                match p.url.split_once("://") {
+                    Some(("postgres" | "postgresql", rest)) if !rest.is_empty() => {}
+                    _ => e(
+                        &k("url"),
+                        format!(
+                            "{:?} is not a postgres:// URL (e.g. \"postgres://gateway:${{PG_PASSWORD}}@127.0.0.1:5432/gateway_rust\")",
+                            redact_url(&p.url)
+                        ),
+                    ),
+                }
+                if p.batch_frames == 0 {
+                    e(&k("batch_frames"), "must be > 0".into());
+                }
+                positive(&mut e, &k("connect_timeout"), p.connect_timeout);
+                positive(&mut e, &k("timeout"), p.timeout);
+                positive(&mut e, &k("max_retry_interval"), p.max_retry_interval);
+                if let Some(ca) = &p.ssl_root_cert {
+                    if !ca.is_file() {
+                        e(&k("ssl_root_cert"), format!("{} is not a readable file", ca.display()));
+                    }
+                }
+            }
         }
+    }
+}
+
+/// The URL with its password replaced, for error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -141,9 +179,22 @@ fn check_name(e: &mut impl FnMut(&str, String), key: &str, name: &str, what: &st
     }
 }
 
+/// The seed's `VARCHAR(n)` limits (the PostgreSQL store could not store a
+/// longer value, so it is refused here, where the file can name it).
+fn max_chars(e: &mut impl FnMut(&str, String), key: &str, value: Option<&str>, n: usize, column: &str) {
+    if let Some(v) = value {
+        let len = v.chars().count();
+        if len > n {
+            e(key, format!("is {len} characters long; at most {n} (seed column {column} VARCHAR({n}))"));
+        }
+    }
+}
+
 pub(crate) fn device(d: &DeviceConfig, src: &Source, errors: &mut Vec<ConfigError>) {
     let mut e = |key: &str, msg: String| errors.push(src.error(key, msg));
     check_name(&mut e, "name", &d.name, "device name");
+    max_chars(&mut e, "endpoint", Some(&d.endpoint), 255, "devices.endpoint");
+    max_chars(&mut e, "location", d.location.as_deref(), 255, "devices.location");
     if d.endpoint.trim().is_empty() {
         let what = if d.protocol == crate::Protocol::ModbusRtu {
             "a modbus-rtu device needs `port` (the serial device, e.g. \"/dev/ttyUSB0\")"
@@ -200,6 +251,8 @@ pub(crate) fn device(d: &DeviceConfig, src: &Source, errors: &mut Vec<ConfigErro
 fn tag(t: &TagConfig, base: &str, e: &mut impl FnMut(&str, String)) {
     let k = |key: &str| format!("{base}.{key}");
     check_name(e, &k("name"), &t.name, "tag name");
+    max_chars(e, &k("address"), Some(&t.address), 255, "tags.address");
+    max_chars(e, &k("unit"), t.unit.as_deref(), 50, "tags.unit");
     if t.address.trim().is_empty() {
         e(
             &k("address"),

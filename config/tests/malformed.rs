@@ -822,6 +822,74 @@ fn sink_missing_path() {
     count(&errs, 1);
 }
 
+/// The archive sink replaced by a postgres sink with `keys` (lines 11…).
+fn pg_gateway(keys: &str) -> String {
+    edit(
+        GATEWAY,
+        "[sinks.archive]\ntype = \"file\"\npath = \"archive.jsonl\"\n",
+        &format!("[sinks.pg]\ntype = \"postgres\"\n{keys}"),
+    )
+}
+
+#[test]
+fn postgres_sink_loads_with_defaults_and_secret_from_env() {
+    let t = Tree::with(
+        &pg_gateway("url = \"postgres://gw:${PG_PASSWORD}@127.0.0.1/gateway_rust\"\nsslmode = \"require\"\n"),
+        DEV_A,
+        DEV_B,
+    );
+    let c = t.load_env(&[("PG_PASSWORD", "s3cret")]).expect("loads");
+    let SinkKind::Postgres(p) = &c.gateway.sinks["pg"].kind else {
+        panic!("not a postgres sink")
+    };
+    assert_eq!(p.url, "postgres://gw:s3cret@127.0.0.1/gateway_rust");
+    assert_eq!(p.sslmode, Some(config::SslMode::Require));
+    assert!(p.migrate && p.sync_config);
+    assert_eq!(p.batch_frames, 1000);
+    assert_eq!(p.last_seen_interval, Duration::from_secs(30));
+    // Without the variable: an error naming it, not a half-built URL.
+    let errs = t.errors();
+    expect(&errs, GW, "sinks.pg.url", (13, 7), "PG_PASSWORD");
+}
+
+#[test]
+fn postgres_sink_bad_url_is_reported_without_its_password() {
+    let gw = pg_gateway("url = \"mysql://gw:hunter2@db/x\"\n");
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    let e = expect(&errs, GW, "sinks.pg.url", (13, 7), "is not a postgres:// URL");
+    // The message redacts it (the quoted source line is the file's own text).
+    assert!(!e.message.contains("hunter2"), "{e}");
+    assert!(e.message.contains("gw:***@db"), "{e}");
+    count(&errs, 1);
+}
+
+#[test]
+fn postgres_sink_bad_values() {
+    let gw = pg_gateway(
+        "url = \"postgres://127.0.0.1/x\"\nbatch_frames = 0\nsslmode = \"maybe\"\ntimeout = \"0s\"\n",
+    );
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    expect(&errs, GW, "sinks.pg.sslmode", (15, 11), "unknown variant `maybe`");
+    // sslmode fails deserialisation, so the other checks of this sink wait for it.
+    let gw = pg_gateway("url = \"postgres://127.0.0.1/x\"\nbatch_frames = 0\ntimeout = \"0s\"\n");
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    expect(&errs, GW, "sinks.pg.batch_frames", (14, 16), "must be > 0");
+    expect(&errs, GW, "sinks.pg.timeout", (15, 11), "positive duration");
+    count(&errs, 2);
+}
+
+#[test]
+fn values_longer_than_the_seeds_columns() {
+    let unit = "m".repeat(51);
+    let a = edit(DEV_A, "address = \"sine\"\n", &format!("address = \"sine\"\nunit = \"{unit}\"\n"));
+    let errs = Tree::with(GATEWAY, &a, DEV_B).errors();
+    expect(&errs, "devices/dev-a.toml", "tags[0].unit", (9, 8), "at most 50 (seed column tags.unit VARCHAR(50))");
+    count(&errs, 1);
+    // 50 characters (not bytes): fine.
+    let a = edit(DEV_A, "address = \"sine\"\n", &format!("address = \"sine\"\nunit = \"{}\"\n", "°".repeat(50)));
+    Tree::with(GATEWAY, &a, DEV_B).ok();
+}
+
 // ---------------------------------------------------------------- alert rules
 
 #[test]

@@ -51,6 +51,7 @@ pub fn run(path: &Path, plan: bool) -> Result<(), Failure> {
         let what = match &s.kind {
             SinkKind::File(f) => f.path.display().to_string(),
             SinkKind::Influx(i) => format!("{} ({:?})", i.url, i.api),
+            SinkKind::Postgres(p) => config::redact_url(&p.url),
         };
         println!(
             "  {:<20} {:<10} {}{}",

@@ -20,6 +20,7 @@ use frame_bus::FrameBus;
 use proto::{CommandFrame, EventFrame, EventKind, FrameType, Message, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::audit::Actor;
 use crate::metrics::{DeviceResultLabels, Metrics};
 
 /// A running device's write queue and the configuration it runs with.
@@ -69,7 +70,7 @@ pub struct Outcome {
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-/// Writes `value` to `device`.`tag` on behalf of `origin`.
+/// Writes `value` to `device`.`tag` on behalf of `actor`.
 pub async fn execute(
     bus: &FrameBus,
     writers: &Writers,
@@ -77,7 +78,7 @@ pub async fn execute(
     device: &str,
     tag: &str,
     value: Value,
-    origin: &str,
+    actor: &Actor,
 ) -> Result<Outcome, CommandError> {
     let (tx, config) = writers
         .get(device)
@@ -108,7 +109,7 @@ pub async fn execute(
         tag: tag.to_string(),
         value: Some(value.clone()),
         issued_ts_ns: issued,
-        origin: origin.to_string(),
+        origin: actor.origin.clone(),
     };
     bus.publish(FrameType::Command, command.encode_to_vec())
         .await
@@ -123,17 +124,17 @@ pub async fn execute(
     // The result is recorded whether or not the caller still waits.
     let (done, done_rx) = oneshot::channel();
     let (bus, metrics) = (bus.clone(), metrics.clone());
-    let (device, tag, origin, id) = (
+    let (device, tag, actor, id) = (
         device.to_string(),
         tag.to_string(),
-        origin.to_string(),
+        actor.clone(),
         command_id.clone(),
     );
     tokio::spawn(async move {
         let result = answer.await.unwrap_or_else(|_| {
             WriteResult::failed(WriteStatus::Unsupported, 0, "the driver stopped before answering")
         });
-        record(&bus, &metrics, &device, &tag, &origin, &id, value, &result).await;
+        record(&bus, &metrics, &device, &tag, &actor, &id, value, &result).await;
         let _ = done.send(result);
     });
     let result = tokio::time::timeout(answer_deadline(&config), done_rx)
@@ -149,7 +150,7 @@ async fn record(
     metrics: &Metrics,
     device: &str,
     tag: &str,
-    origin: &str,
+    actor: &Actor,
     command_id: &str,
     value: Value,
     result: &WriteResult,
@@ -161,6 +162,14 @@ async fn record(
             result: result.status.as_str().to_string(),
         })
         .inc();
+    let mut attributes: std::collections::HashMap<String, String> = [
+        ("command_id".to_string(), command_id.to_string()),
+        ("error_code".to_string(), result.code.to_string()),
+        ("origin".to_string(), actor.origin.clone()),
+    ]
+    .into_iter()
+    .collect();
+    actor.annotate(&mut attributes);
     let event = EventFrame {
         event_id: format!("{command_id}:result"),
         kind: EventKind::CommandResult as i32,
@@ -170,13 +179,7 @@ async fn record(
         value: Some(value),
         status: result.status.as_str().to_string(),
         event_ts_ns: crate::now_ns(),
-        attributes: [
-            ("command_id".to_string(), command_id.to_string()),
-            ("error_code".to_string(), result.code.to_string()),
-            ("origin".to_string(), origin.to_string()),
-        ]
-        .into_iter()
-        .collect(),
+        attributes,
         ..EventFrame::default()
     };
     if let Err(e) = bus.publish(FrameType::Event, event.encode_to_vec()).await {

@@ -1,15 +1,21 @@
 //! HTTP: `/metrics` (OpenMetrics text), `/healthz` (process alive),
 //! `/readyz` (WAL open and drivers started; 503 before that, while
-//! shutting down, and while a sink's server refuses its credentials), `/api/v1/status` (JSON) and
+//! shutting down, while a sink's server refuses its credentials and while
+//! the PostgreSQL store cannot write), `/api/v1/status` (JSON) and
 //! `POST /api/v1/devices/{device}/tags/{tag}/write` with `{"value": …}`
-//! (a tag write, see [`crate::commands`]). When `[http] token` is set,
+//! (a tag write, see [`crate::commands`]), `POST /api/v1/reload` (the
+//! same reload as SIGHUP, answering with what changed or the configuration
+//! errors). Both are recorded in the audit trail ([`crate::audit`]). When `[http] token` is set,
 //! `/api/*` requires `Authorization: Bearer <token>`; metrics and health
 //! stay open (bind to loopback, the default, to keep them local).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::HeaderMap;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +23,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use frame_bus::FrameBus;
 
+use crate::audit::Actor;
 use crate::commands::{self, CommandError, Writers};
+use crate::runtime::ReloadRequest;
 use crate::metrics::Metrics;
 use crate::status::Status;
 
@@ -29,12 +37,15 @@ pub struct AppState {
     pub status: Arc<Status>,
     pub token: Option<Arc<str>>,
     pub writers: Arc<Writers>,
+    /// Reload requests to the runtime's main loop.
+    pub reload: tokio::sync::mpsc::Sender<ReloadRequest>,
 }
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/devices/{device}/tags/{tag}/write", post(write))
+        .route("/api/v1/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/metrics", get(metrics))
@@ -95,8 +106,54 @@ fn proto_value(v: &serde_json::Value) -> Option<proto::Value> {
     })
 }
 
+/// The HTTP client as the audit trail names it.
+fn actor(peer: SocketAddr, headers: &HeaderMap) -> Actor {
+    Actor {
+        origin: "http".into(),
+        client_ip: Some(peer.ip()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(512).collect()),
+    }
+}
+
+async fn reload(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = ReloadRequest {
+        actor: actor(peer, &headers),
+        reply,
+    };
+    let unavailable = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "the gateway is shutting down"})),
+        )
+            .into_response()
+    };
+    if s.reload.send(request).await.is_err() {
+        return unavailable();
+    }
+    match answer.await {
+        Ok(Ok(changed)) => Json(serde_json::json!({"status": "ok", "changed": changed})).into_response(),
+        Ok(Err(errors)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({"status": "error", "errors": errors,
+                "message": "the configuration has errors; the gateway keeps running the previous one"})),
+        )
+            .into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
 async fn write(
     State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path((device, tag)): Path<(String, String)>,
     body: Result<Json<WriteBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -116,7 +173,8 @@ async fn write(
             )
         }
     };
-    match commands::execute(&s.bus, &s.writers, &s.metrics, &device, &tag, value, "http").await {
+    let actor = actor(peer, &headers);
+    match commands::execute(&s.bus, &s.writers, &s.metrics, &device, &tag, value, &actor).await {
         Err(e) => {
             let code = match e {
                 CommandError::UnknownDevice(_) | CommandError::UnknownTag { .. } => StatusCode::NOT_FOUND,

@@ -1,10 +1,13 @@
 //! `gateway`: the Gateway_Rust binary — wiring, sinks, HTTP, CLI.
 //!
-//! Commands: `run`, `check`, `wal stat|tail|cursors|set-cursor`.
+//! Commands: `run`, `check`, `wal stat|tail|cursors|set-cursor|remove-consumer`,
+//! `dead-letter list|replay`, `db migrate|status`.
 //! Exit codes: 0 success, 2 configuration (or usage) error, 1 runtime failure.
 
+mod audit;
 mod check;
 mod commands;
+mod db_cmd;
 mod dead_letter_cmd;
 mod frame_json;
 mod http;
@@ -57,6 +60,11 @@ enum Cmd {
         /// Also print each Modbus device's read requests per scan group.
         #[arg(long)]
         plan: bool,
+    },
+    /// The PostgreSQL store's schema: apply migrations, or show their state.
+    Db {
+        #[command(subcommand)]
+        command: db_cmd::DbCmd,
     },
     /// Lines a sink's server refused: list them, or send them again.
     DeadLetter {
@@ -186,6 +194,7 @@ fn main() -> ExitCode {
         Cmd::Check { config, plan } => check::run(&config, plan),
         Cmd::Wal { command } => wal_cmd::run(command),
         Cmd::DeadLetter { command } => dead_letter_cmd::run(command),
+        Cmd::Db { command } => db_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

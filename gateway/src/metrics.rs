@@ -29,8 +29,9 @@
 //! | `gateway_device_poll_duration_seconds` | histogram | device |
 //! | `gateway_task_restarts_total` | counter | task, kind = driver, sink |
 //! | `gateway_sink_frames_written_total`, `gateway_sink_retries_total`, `gateway_sink_failures_total`, `gateway_sink_dead_lettered_total` | counter | sink (the InfluxDB sink counts points written) |
-//! | `gateway_sink_write_errors_total` | counter | sink, cause = network, timeout, throttled, server, unauthorized, refused |
-//! | `gateway_sink_write_duration_seconds` | histogram | sink (one write request, InfluxDB sink) |
+//! | `gateway_sink_write_errors_total` | counter | sink, cause = network, timeout, throttled, server, unauthorized, refused (InfluxDB); unreachable, timeout, schema, unauthorized, rejected, unmatched (PostgreSQL) |
+//! | `gateway_sink_up` | gauge | sink (PostgreSQL store: 1 while it can write, 0 while it retries) |
+//! | `gateway_sink_write_duration_seconds` | histogram | sink (one write request of the InfluxDB sink, one batch transaction of the PostgreSQL store) |
 //! | `gateway_config_reloads_total` | counter | result = ok, error |
 //! | `gateway_build_info` | info | version |
 
@@ -111,6 +112,7 @@ pub struct Metrics {
     pub sink_failures: Family<SinkLabel, Counter>,
     pub sink_dead_lettered: Family<SinkLabel, Counter>,
     pub sink_write_errors: Family<SinkCauseLabels, Counter>,
+    pub sink_up: Family<SinkLabel, Gauge>,
     pub sink_write_duration: HistogramFamily<SinkLabel>,
     pub config_reloads: Family<ResultLabel, Counter>,
 }
@@ -133,6 +135,7 @@ impl Metrics {
         let sink_failures = Family::<SinkLabel, Counter>::default();
         let sink_dead_lettered = Family::<SinkLabel, Counter>::default();
         let sink_write_errors = Family::<SinkCauseLabels, Counter>::default();
+        let sink_up = Family::<SinkLabel, Gauge>::default();
         let sink_write_duration: HistogramFamily<SinkLabel> = Family::new_with_constructor(poll_histogram);
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let r = &mut registry;
@@ -208,8 +211,13 @@ impl Metrics {
         );
         r.register(
             "sink_write_errors",
-            "Failed sink write requests by cause (network, timeout, throttled, server, unauthorized, refused)",
+            "Failed sink write requests by cause",
             sink_write_errors.clone(),
+        );
+        r.register(
+            "sink_up",
+            "1 while the sink can reach its database, 0 while it retries (PostgreSQL store)",
+            sink_up.clone(),
         );
         r.register(
             "sink_write_duration_seconds",
@@ -218,7 +226,7 @@ impl Metrics {
         );
         r.register(
             "config_reloads",
-            "Configuration reloads (SIGHUP) by result",
+            "Configuration reloads (SIGHUP or POST /api/v1/reload) by result",
             config_reloads.clone(),
         );
         r.register(
@@ -247,6 +255,7 @@ impl Metrics {
             sink_failures,
             sink_dead_lettered,
             sink_write_errors,
+            sink_up,
             sink_write_duration,
             config_reloads,
         })

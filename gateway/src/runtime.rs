@@ -8,6 +8,10 @@
 //!   changed are restarted, removed ones stopped, new ones started, and
 //!   the others keep running untouched. A configuration with errors is
 //!   rejected as a whole (logged, `gateway_config_reloads_total{result="error"}`).
+//!   `POST /api/v1/reload` does the same and answers with the outcome;
+//!   either way the reload is recorded in the audit trail, and the new
+//!   device set is published to the sinks (the PostgreSQL store syncs it)
+//!   before any new device starts.
 //! - Under systemd, `READY=1` is sent once everything started and
 //!   `STOPPING=1` when shutdown begins.
 
@@ -24,6 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::audit::{self, Actor};
 use crate::metrics::{DeviceLabel, Metrics, ResultLabel};
 use crate::publisher::BusHost;
 use crate::sinks::{self, SinkContext};
@@ -48,6 +53,13 @@ pub fn bus_config(c: &config::WalConfig) -> BusConfig {
     }
 }
 
+/// A reload asked for over HTTP: the reply is the names of the devices
+/// that were (re)started or stopped, or the configuration's errors.
+pub struct ReloadRequest {
+    pub actor: Actor,
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<String>, Vec<String>>>,
+}
+
 struct RunningDevice {
     config: Arc<DeviceConfig>,
     /// Keeps the device's write queue open while it runs.
@@ -67,6 +79,9 @@ struct Runtime {
     writers: Arc<crate::commands::Writers>,
     /// Device metadata the InfluxDB sinks tag points with.
     device_index: sinks::influx::DeviceIndex,
+    /// The configuration the gateway runs (gateway.toml as of the start,
+    /// devices as of the last reload), for the sinks that mirror it.
+    running: watch::Sender<Arc<Config>>,
 }
 
 impl Runtime {
@@ -156,8 +171,31 @@ impl Runtime {
         }
     }
 
-    /// SIGHUP: restart only what changed.
-    async fn reload(&mut self) {
+    /// SIGHUP or `POST /api/v1/reload`: restart only what changed; the
+    /// outcome goes to the audit trail.
+    async fn reload(&mut self, actor: &Actor) -> Result<Vec<String>, Vec<String>> {
+        let outcome = self.apply_reload().await;
+        let path = self.config.path.display().to_string();
+        let (result, details) = match &outcome {
+            Ok(changed) => (Ok(()), vec![("changed".to_string(), changed.join(","))]),
+            Err(errors) => (Err(format!("{} configuration error(s): {}", errors.len(), errors.join("; "))), vec![]),
+        };
+        audit::record(
+            &self.bus,
+            actor,
+            audit::Action {
+                action: "config.reload",
+                resource_type: "config",
+                resource: &path,
+                outcome: result,
+                details,
+            },
+        )
+        .await;
+        outcome
+    }
+
+    async fn apply_reload(&mut self) -> Result<Vec<String>, Vec<String>> {
         let new = match config::load(&self.config.path) {
             Ok(c) => c,
             Err(errors) => {
@@ -174,12 +212,17 @@ impl Runtime {
                     errors = errors.len(),
                     "reload rejected: configuration has errors; still running the previous one"
                 );
-                return;
+                return Err(errors.iter().map(|e| e.to_string()).collect());
             }
         };
         if new.gateway != self.config.gateway {
             warn!("gateway.toml changed; [wal], [http], [sinks], [supervisor] and alert rules apply on the next restart (devices are reloaded now)");
         }
+        // Mirrors (the PostgreSQL store) see the new device set before any
+        // frame of a new device can reach the bus.
+        let mut running = self.config.clone();
+        running.devices = new.devices.clone();
+        self.running.send_replace(Arc::new(running));
         let old_names: Vec<String> = self.devices.keys().cloned().collect();
         let mut restarted = Vec::new();
         for name in &old_names {
@@ -188,6 +231,7 @@ impl Runtime {
                     self.stop_device(name).await;
                     self.status.remove_device(name);
                     info!(device = name, "device removed");
+                    restarted.push(name.clone());
                 }
                 Some(d) if *d != *self.devices[name].config => {
                     let version = self.devices[name].version + 1;
@@ -211,6 +255,7 @@ impl Runtime {
             .inc();
         self.device_index.update(&new.devices);
         self.config.devices = new.devices;
+        Ok(restarted)
     }
 }
 
@@ -246,7 +291,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         warn!(listen = %g.http.listen, "HTTP listens beyond loopback without [http] token: /api is open to the network");
     }
     let writers = Arc::new(crate::commands::Writers::default());
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let app = crate::http::router(crate::http::AppState {
+        reload: reload_tx,
         writers: writers.clone(),
         gateway_id: g.gateway_id.clone(),
         bus: bus.clone(),
@@ -256,6 +303,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let (http_stop, mut http_stop_rx) = watch::channel(false);
     let http = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move { crate::supervisor::wait_true(&mut http_stop_rx).await })
             .await;
@@ -270,6 +318,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max: g.supervisor.max_restart_backoff,
     };
     let (sink_stop, sink_stop_rx) = watch::channel(false);
+    let (running, running_rx) = watch::channel(Arc::new(config.clone()));
     let mut sink_tasks = Vec::new();
     let device_index = sinks::influx::DeviceIndex::new(&config.devices);
     for (name, sink) in &g.sinks {
@@ -283,6 +332,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             state: status.sink(name, sink.kind.type_name()),
             shutdown: sink_stop_rx.clone(),
+            config: running_rx.clone(),
         };
         let label = crate::metrics::SinkLabel { sink: name.clone() };
         // Every sink family exists from the start, at 0.
@@ -336,6 +386,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         devices: BTreeMap::new(),
         writers,
         device_index,
+        running,
     };
     for d in config.devices.clone() {
         rt.start_device(d, 1);
@@ -357,7 +408,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading device configuration");
                 notify(sd_notify::NotifyState::Reloading);
-                rt.reload().await;
+                let _ = rt.reload(&Actor::new("sighup")).await;
+                notify(sd_notify::NotifyState::Ready);
+            }
+            Some(req) = reload_rx.recv() => {
+                info!(client = ?req.actor.client_ip, "reload requested over HTTP");
+                notify(sd_notify::NotifyState::Reloading);
+                let outcome = rt.reload(&req.actor).await;
+                let _ = req.reply.send(outcome);
                 notify(sd_notify::NotifyState::Ready);
             }
         }

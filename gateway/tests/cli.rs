@@ -37,6 +37,10 @@ fn help_is_available_on_every_command() {
         vec!["wal", "--help"],
         vec!["wal", "tail", "--help"],
         vec!["wal", "set-cursor", "--help"],
+        vec!["db", "--help"],
+        vec!["db", "migrate", "--help"],
+        vec!["db", "status", "--help"],
+        vec!["dead-letter", "--help"],
     ] {
         let out = gateway().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -237,4 +241,24 @@ fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+#[test]
+fn db_commands_need_a_postgres_sink() {
+    let out = gateway()
+        .args(["db", "migrate", "--config"])
+        .arg(demo())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("has no postgres sink"), "{stderr}");
+    let out = gateway()
+        .args(["db", "status", "--sink", "nope", "--config"])
+        .arg(demo())
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no postgres sink named \"nope\""), "{stderr}");
 }

@@ -59,3 +59,24 @@ ensure_modbus_peer() {
 ensure_influx_peers() {
     ensure_deb influxdb victoria-metrics
 }
+
+# The PostgreSQL store's tests: the machine's server on 127.0.0.1:5432 (trust
+# auth; each test creates and drops its own database), and the server
+# binaries (initdb, pg_ctl, run as the `postgres` user via runuser) for the
+# outage tests' private clusters on free loopback ports. Sets
+# PG_STARTED_BY_US=1 when it had to start the machine's server, so the
+# caller can stop it again.
+PG_STARTED_BY_US=""
+ensure_postgres() {
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || ensure_deb postgresql || return 1
+    command -v runuser >/dev/null || ensure_deb util-linux || return 1
+    pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && return 0
+    log "PostgreSQL is not answering on 127.0.0.1:5432; starting the machine's server"
+    service postgresql start >/dev/null 2>&1 || true
+    for _ in $(seq 1 30); do
+        pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && { PG_STARTED_BY_US=1; return 0; }
+        sleep 1
+    done
+    log "PostgreSQL did not start on 127.0.0.1:5432"
+    return 1
+}

@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod influx;
+pub mod postgres;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,8 @@ pub struct SinkContext {
     pub metrics: Arc<Metrics>,
     pub state: Arc<Mutex<SinkState>>,
     pub shutdown: watch::Receiver<bool>,
+    /// The configuration the gateway runs, replaced on every reload.
+    pub config: watch::Receiver<Arc<config::Config>>,
 }
 
 /// Why a sink task stopped.
@@ -61,5 +64,6 @@ pub async fn run(
             file::run(ctx, f, path).await
         }
         SinkKind::Influx(i) => influx::run(ctx, *i, index, data_dir).await,
+        SinkKind::Postgres(p) => postgres::run(ctx, *p).await,
     }
 }

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod peers;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -74,6 +75,16 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `gateway run` and waits until `/readyz` answers 200.
     pub fn start(demo: &DemoDir, extra_env: &[(&str, &str)]) -> Gateway {
+        let mut g = Self::spawn(demo, extra_env);
+        g.wait_until("ready", Duration::from_secs(60), |g| {
+            g.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
+        });
+        g
+    }
+
+    /// Starts `gateway run` and waits until `/healthz` answers (the
+    /// process serves HTTP; a sink may still be failing).
+    pub fn spawn(demo: &DemoDir, extra_env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let log = demo.dir.path().join(format!("gateway-{port}.log"));
         let logf = std::fs::File::create(&log).unwrap();
@@ -98,9 +109,7 @@ impl Gateway {
                 .build()
                 .unwrap(),
         };
-        g.wait_until("ready", Duration::from_secs(60), |g| {
-            g.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
-        });
+        g.wait_until("HTTP", Duration::from_secs(60), |g| g.get("/healthz").is_some());
         g
     }
 

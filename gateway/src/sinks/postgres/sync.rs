@@ -1,0 +1,505 @@
+//! Configuration sync: the devices, tags, driver configs and alert rules
+//! of the running configuration, and the compiled-in drivers, upserted in
+//! one transaction.
+//!
+//! - Rows are matched by gateway id + name (tags by device + name); a row
+//!   whose values did not change is not touched (its `updated_at` stays).
+//! - A row that disappeared from the files is set `enabled = false`, never
+//!   deleted, so history keeps its foreign keys.
+//! - Gateways sharing one database serialise their syncs on an advisory
+//!   lock keyed by the gateway id.
+
+use std::collections::HashMap;
+
+use config::{Access, Config, DataType, DeviceConfig, DriverOptions, Protocol};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Row ids of the gateway's devices, tags and rules, by name.
+#[derive(Debug, Default, Clone)]
+pub struct Ids {
+    pub devices: HashMap<String, Uuid>,
+    pub tags: HashMap<(Uuid, String), Uuid>,
+    pub rules: HashMap<String, Uuid>,
+}
+
+impl Ids {
+    /// Reads the ids of every row of `gateway_id` (enabled or not).
+    pub async fn load(pool: &PgPool, gateway_id: &str) -> Result<Ids, sqlx::Error> {
+        let devices: Vec<(String, Uuid)> = sqlx::query_as("SELECT name, id FROM devices WHERE gateway_id = $1")
+            .bind(gateway_id)
+            .fetch_all(pool)
+            .await?;
+        let tags: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
+            "SELECT t.device_id, t.name, t.id FROM tags t JOIN devices d ON d.id = t.device_id \
+             WHERE d.gateway_id = $1",
+        )
+        .bind(gateway_id)
+        .fetch_all(pool)
+        .await?;
+        let rules: Vec<(String, Uuid)> = sqlx::query_as("SELECT name, id FROM alert_rules WHERE gateway_id = $1")
+            .bind(gateway_id)
+            .fetch_all(pool)
+            .await?;
+        Ok(Ids {
+            devices: devices.into_iter().collect(),
+            tags: tags.into_iter().map(|(d, n, id)| ((d, n), id)).collect(),
+            rules: rules.into_iter().collect(),
+        })
+    }
+
+    pub fn device(&self, name: &str) -> Option<Uuid> {
+        self.devices.get(name).copied()
+    }
+
+    pub fn tag(&self, device: &str, tag: &str) -> Option<Uuid> {
+        let d = self.device(device)?;
+        self.tags.get(&(d, tag.to_string())).copied()
+    }
+}
+
+/// The seed's `protocol_kind` value of a protocol.
+pub fn protocol_kind(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Simulator => "Simulator",
+        Protocol::ModbusTcp => "ModbusTcp",
+        Protocol::ModbusRtu => "ModbusRtu",
+        Protocol::ModbusRtuOverTcp => "ModbusRtuOverTcp",
+    }
+}
+
+fn data_type(t: DataType) -> &'static str {
+    match t {
+        DataType::Boolean => "Boolean",
+        DataType::Int8 => "Int8",
+        DataType::UInt8 => "UInt8",
+        DataType::Int16 => "Int16",
+        DataType::UInt16 => "UInt16",
+        DataType::Int32 => "Int32",
+        DataType::UInt32 => "UInt32",
+        DataType::Int64 => "Int64",
+        DataType::UInt64 => "UInt64",
+        DataType::Float => "Float",
+        DataType::Double => "Double",
+        DataType::String => "String",
+        DataType::DateTime => "DateTime",
+        DataType::ByteArray => "ByteArray",
+    }
+}
+
+fn access(a: Access) -> &'static str {
+    match a {
+        Access::Read => "Read",
+        Access::Write => "Write",
+        Access::ReadWrite => "ReadWrite",
+    }
+}
+
+fn ms(d: std::time::Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// How the driver reaches the device (`driver_configs.connection_type`).
+fn connection_type(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Simulator => "internal",
+        Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp => "tcp",
+        Protocol::ModbusRtu => "serial",
+    }
+}
+
+/// The protocol keys of a device, as `devices.config` / `driver_configs.config`.
+fn driver_json(d: &DeviceConfig) -> serde_json::Value {
+    let options = match &d.driver {
+        DriverOptions::Simulator(s) => json!({
+            "seed": s.seed,
+            "error_rate": s.error_rate,
+            "error_burst": s.error_burst,
+        }),
+        DriverOptions::Modbus(m) => json!({
+            "unit_id": m.unit_id,
+            "address_base": m.address_base,
+            "byte_order": format!("{:?}", m.byte_order),
+            "max_registers_per_request": m.max_registers_per_request,
+            "max_bits_per_request": m.max_bits_per_request,
+            "max_gap": m.max_gap,
+            "one_request_per_tag": m.one_request_per_tag,
+            "pause_between_requests_ms": m.pause_between_requests.as_millis() as u64,
+            "close_connection_after_poll": m.close_connection_after_poll,
+            "busy_retries": m.busy_retries,
+            "busy_retry_interval_ms": m.busy_retry_interval.as_millis() as u64,
+            "port": m.port,
+            "baud_rate": m.baud_rate,
+        }),
+    };
+    json!({
+        "protocol": d.protocol.as_str(),
+        "file": d.file.display().to_string(),
+        "scan_interval_ms": d.scan_interval.as_millis() as u64,
+        "timeout_ms": d.timeout.as_millis() as u64,
+        "options": options,
+    })
+}
+
+/// The drivers compiled into this build, as `driver_registry` rows:
+/// (protocol_kind, name, description, capabilities).
+const DRIVERS: &[(Protocol, &str, &str, &[&str])] = &[
+    (
+        Protocol::Simulator,
+        "simulator",
+        "Generated signals (demo and benchmark workload)",
+        &["read"],
+    ),
+    (
+        Protocol::ModbusTcp,
+        "modbus-tcp",
+        "Modbus TCP client (MBAP framing)",
+        &["read", "write", "batch-read"],
+    ),
+    (
+        Protocol::ModbusRtu,
+        "modbus-rtu",
+        "Modbus RTU master on a serial line",
+        &["read", "write", "batch-read", "shared-line"],
+    ),
+    (
+        Protocol::ModbusRtuOverTcp,
+        "modbus-rtu-over-tcp",
+        "Modbus RTU frames over a TCP socket (serial-to-Ethernet converters)",
+        &["read", "write", "batch-read", "shared-line"],
+    ),
+];
+
+/// What a sync changed, for the log.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub devices: usize,
+    pub tags: usize,
+    pub rules: usize,
+    pub disabled: u64,
+}
+
+/// Upserts `config` into the database in one transaction.
+pub async fn sync(pool: &PgPool, config: &Config) -> Result<SyncReport, sqlx::Error> {
+    let gw = config.gateway.gateway_id.as_str();
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('gateway_rust.sync:' || $1))")
+        .bind(gw)
+        .execute(&mut *tx)
+        .await?;
+    let mut report = SyncReport::default();
+    let mut device_ids = HashMap::new();
+    for d in &config.devices {
+        let id = upsert_device(&mut tx, gw, d).await?;
+        upsert_driver_config(&mut tx, gw, d, id).await?;
+        device_ids.insert(d.name.clone(), id);
+        report.devices += 1;
+    }
+    let names: Vec<String> = config.devices.iter().map(|d| d.name.clone()).collect();
+    for table in ["devices", "driver_configs"] {
+        report.disabled += sqlx::query(&format!(
+            "UPDATE {table} SET enabled = false WHERE gateway_id = $1 AND enabled AND NOT (name = ANY($2))"
+        ))
+        .bind(gw)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    report.tags = upsert_tags(&mut tx, config, &device_ids).await?;
+    report.disabled += disable_missing_tags(&mut tx, gw, config, &device_ids).await?;
+    report.rules = upsert_rules(&mut tx, gw, config).await?;
+    let rule_names: Vec<String> = config.gateway.alert_rules.iter().map(|r| r.name.clone()).collect();
+    report.disabled += sqlx::query(
+        "UPDATE alert_rules SET enabled = false WHERE gateway_id = $1 AND enabled AND NOT (name = ANY($2))",
+    )
+    .bind(gw)
+    .bind(&rule_names)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    register_drivers(&mut tx, gw, config).await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+async fn upsert_device(tx: &mut PgConnection, gw: &str, d: &DeviceConfig) -> Result<Uuid, sqlx::Error> {
+    // The seed requires a non-empty endpoint; validation guarantees one
+    // (a serial device's is its port), this is a last resort.
+    let endpoint = if d.endpoint.trim().is_empty() {
+        format!("{}://{}", d.protocol.as_str(), d.name)
+    } else {
+        d.endpoint.clone()
+    };
+    sqlx::query(
+        "INSERT INTO devices (gateway_id, name, description, protocol, location, endpoint, config, enabled, created_by, updated_by) \
+         VALUES ($1, $2, $3, $4::protocol_kind, $5, $6, $7, $8, $9, $9) \
+         ON CONFLICT (gateway_id, name) DO UPDATE SET description = EXCLUDED.description, \
+           protocol = EXCLUDED.protocol, location = EXCLUDED.location, endpoint = EXCLUDED.endpoint, \
+           config = EXCLUDED.config, enabled = EXCLUDED.enabled, updated_by = EXCLUDED.updated_by \
+         WHERE (devices.description, devices.protocol, devices.location, devices.endpoint, devices.config, devices.enabled) \
+           IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.protocol, EXCLUDED.location, EXCLUDED.endpoint, EXCLUDED.config, EXCLUDED.enabled)",
+    )
+    .bind(gw)
+    .bind(&d.name)
+    .bind(&d.description)
+    .bind(protocol_kind(d.protocol))
+    .bind(&d.location)
+    .bind(&endpoint)
+    .bind(driver_json(d))
+    .bind(d.enabled)
+    .bind(format!("gateway:{gw}"))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query_scalar("SELECT id FROM devices WHERE gateway_id = $1 AND name = $2")
+        .bind(gw)
+        .bind(&d.name)
+        .fetch_one(&mut *tx)
+        .await
+}
+
+async fn upsert_driver_config(tx: &mut PgConnection, gw: &str, d: &DeviceConfig, device: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO driver_configs (gateway_id, device_id, name, description, protocol, connection_type, enabled, config, \
+           scan_interval, timeout, max_concurrent, batch_size, max_retries, retry_interval, exponential_backoff, max_retry_interval) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT (gateway_id, name) DO UPDATE SET device_id = EXCLUDED.device_id, description = EXCLUDED.description, \
+           protocol = EXCLUDED.protocol, connection_type = EXCLUDED.connection_type, enabled = EXCLUDED.enabled, \
+           config = EXCLUDED.config, scan_interval = EXCLUDED.scan_interval, timeout = EXCLUDED.timeout, \
+           max_concurrent = EXCLUDED.max_concurrent, batch_size = EXCLUDED.batch_size, max_retries = EXCLUDED.max_retries, \
+           retry_interval = EXCLUDED.retry_interval, exponential_backoff = EXCLUDED.exponential_backoff, \
+           max_retry_interval = EXCLUDED.max_retry_interval \
+         WHERE (driver_configs.device_id, driver_configs.description, driver_configs.protocol, driver_configs.connection_type, \
+                driver_configs.enabled, driver_configs.config, driver_configs.scan_interval, driver_configs.timeout, \
+                driver_configs.max_concurrent, driver_configs.batch_size, driver_configs.max_retries, \
+                driver_configs.retry_interval, driver_configs.exponential_backoff, driver_configs.max_retry_interval) \
+           IS DISTINCT FROM (EXCLUDED.device_id, EXCLUDED.description, EXCLUDED.protocol, EXCLUDED.connection_type, \
+                EXCLUDED.enabled, EXCLUDED.config, EXCLUDED.scan_interval, EXCLUDED.timeout, EXCLUDED.max_concurrent, \
+                EXCLUDED.batch_size, EXCLUDED.max_retries, EXCLUDED.retry_interval, EXCLUDED.exponential_backoff, \
+                EXCLUDED.max_retry_interval)",
+    )
+    .bind(gw)
+    .bind(device)
+    .bind(&d.name)
+    .bind(&d.description)
+    .bind(d.protocol.as_str())
+    .bind(connection_type(d.protocol))
+    .bind(d.enabled)
+    .bind(driver_json(d))
+    .bind(ms(d.scan_interval).max(1))
+    .bind(ms(d.timeout).max(1))
+    .bind(i32::try_from(d.max_concurrent).unwrap_or(i32::MAX).max(1))
+    .bind(i32::try_from(d.batch_size).unwrap_or(i32::MAX).max(1))
+    .bind(i32::try_from(d.retry.max_retries).unwrap_or(i32::MAX))
+    .bind(ms(d.retry.retry_interval))
+    .bind(d.retry.exponential_backoff)
+    .bind(ms(d.retry.max_retry_interval))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Every tag of every device in one statement (arrays unnested server-side).
+async fn upsert_tags(
+    tx: &mut PgConnection,
+    config: &Config,
+    device_ids: &HashMap<String, Uuid>,
+) -> Result<usize, sqlx::Error> {
+    let mut dev = Vec::new();
+    let mut name = Vec::new();
+    let mut description: Vec<Option<String>> = Vec::new();
+    let mut address = Vec::new();
+    let mut dtype = Vec::new();
+    let mut acc = Vec::new();
+    let mut unit: Vec<Option<String>> = Vec::new();
+    let mut scaling = Vec::new();
+    let mut offset = Vec::new();
+    let mut min: Vec<Option<f64>> = Vec::new();
+    let mut max: Vec<Option<f64>> = Vec::new();
+    let mut deadband: Vec<Option<f64>> = Vec::new();
+    let mut scan_rate: Vec<Option<i32>> = Vec::new();
+    let mut enabled = Vec::new();
+    for d in &config.devices {
+        let Some(id) = device_ids.get(&d.name) else { continue };
+        for t in &d.tags {
+            dev.push(*id);
+            name.push(t.name.clone());
+            description.push(t.description.clone());
+            address.push(t.address.clone());
+            dtype.push(data_type(t.data_type).to_string());
+            acc.push(access(t.access).to_string());
+            unit.push(t.unit.clone());
+            scaling.push(t.scaling);
+            offset.push(t.offset);
+            min.push(t.min_value);
+            max.push(t.max_value);
+            deadband.push(t.deadband);
+            scan_rate.push(t.scan_rate.map(|r| ms(r).max(1)));
+            enabled.push(t.enabled);
+        }
+    }
+    let n = dev.len();
+    sqlx::query(
+        "INSERT INTO tags (device_id, name, description, address, data_type, access_type, unit, scaling, tag_offset, \
+           min_value, max_value, deadband, scan_rate, enabled) \
+         SELECT u.device_id, u.name, u.description, u.address, u.data_type::tag_data_type, u.access_type::tag_access, \
+           u.unit, u.scaling, u.tag_offset, u.min_value, u.max_value, u.deadband, u.scan_rate, u.enabled \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+           $8::float8[], $9::float8[], $10::float8[], $11::float8[], $12::float8[], $13::int4[], $14::bool[]) \
+           AS u(device_id, name, description, address, data_type, access_type, unit, scaling, tag_offset, \
+                min_value, max_value, deadband, scan_rate, enabled) \
+         ON CONFLICT (device_id, name) DO UPDATE SET description = EXCLUDED.description, address = EXCLUDED.address, \
+           data_type = EXCLUDED.data_type, access_type = EXCLUDED.access_type, unit = EXCLUDED.unit, \
+           scaling = EXCLUDED.scaling, tag_offset = EXCLUDED.tag_offset, min_value = EXCLUDED.min_value, \
+           max_value = EXCLUDED.max_value, deadband = EXCLUDED.deadband, scan_rate = EXCLUDED.scan_rate, \
+           enabled = EXCLUDED.enabled \
+         WHERE (tags.description, tags.address, tags.data_type, tags.access_type, tags.unit, tags.scaling, tags.tag_offset, \
+                tags.min_value, tags.max_value, tags.deadband, tags.scan_rate, tags.enabled) \
+           IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.address, EXCLUDED.data_type, EXCLUDED.access_type, \
+                EXCLUDED.unit, EXCLUDED.scaling, EXCLUDED.tag_offset, EXCLUDED.min_value, EXCLUDED.max_value, \
+                EXCLUDED.deadband, EXCLUDED.scan_rate, EXCLUDED.enabled)",
+    )
+    .bind(&dev)
+    .bind(&name)
+    .bind(&description)
+    .bind(&address)
+    .bind(&dtype)
+    .bind(&acc)
+    .bind(&unit)
+    .bind(&scaling)
+    .bind(&offset)
+    .bind(&min)
+    .bind(&max)
+    .bind(&deadband)
+    .bind(&scan_rate)
+    .bind(&enabled)
+    .execute(&mut *tx)
+    .await?;
+    Ok(n)
+}
+
+/// Tags of this gateway's devices that are not in the files any more
+/// (including every tag of a removed device).
+async fn disable_missing_tags(
+    tx: &mut PgConnection,
+    gw: &str,
+    config: &Config,
+    device_ids: &HashMap<String, Uuid>,
+) -> Result<u64, sqlx::Error> {
+    let mut dev = Vec::new();
+    let mut name = Vec::new();
+    for d in &config.devices {
+        let Some(id) = device_ids.get(&d.name) else { continue };
+        for t in &d.tags {
+            dev.push(*id);
+            name.push(t.name.clone());
+        }
+    }
+    Ok(sqlx::query(
+        "UPDATE tags t SET enabled = false FROM devices d \
+         WHERE t.device_id = d.id AND d.gateway_id = $1 AND t.enabled \
+           AND NOT EXISTS (SELECT 1 FROM UNNEST($2::uuid[], $3::text[]) AS k(device_id, name) \
+                           WHERE k.device_id = t.device_id AND k.name = t.name)",
+    )
+    .bind(gw)
+    .bind(&dev)
+    .bind(&name)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected())
+}
+
+async fn upsert_rules(tx: &mut PgConnection, gw: &str, config: &Config) -> Result<usize, sqlx::Error> {
+    for r in &config.gateway.alert_rules {
+        // Only the thresholds the operator uses are stored, and a rule
+        // without an expression is stored with the one it means.
+        let subject = r.tag.as_deref().unwrap_or(&r.device);
+        let (value, low, high) = if r.op.is_range() {
+            (None, r.threshold_low, r.threshold_high)
+        } else {
+            (r.threshold_value, None, None)
+        };
+        let expression = r.condition_expression.clone().unwrap_or_else(|| match (value, low, high) {
+            (_, Some(lo), Some(hi)) => format!("{subject} {} {lo} AND {hi}", r.op.as_str()),
+            (Some(v), _, _) => format!("{subject} {} {v}", r.op.as_str()),
+            _ => format!("{subject} {}", r.op.as_str()),
+        });
+        sqlx::query(
+            "INSERT INTO alert_rules (gateway_id, name, description, device_id, tag_id, condition_expression, op, \
+               threshold_value, threshold_high, threshold_low, level, eval_interval, eval_duration, cooldown_duration, \
+               enabled, created_by) \
+             SELECT $1, $2, $3, d.id, t.id, $6, $7::compare_op, $8, $9, $10, $11::alert_level, \
+               make_interval(secs => $12), make_interval(secs => $13), make_interval(secs => $14), $15, $16 \
+             FROM (SELECT 1) AS one \
+             LEFT JOIN devices d ON d.gateway_id = $1 AND d.name = $4 \
+             LEFT JOIN tags t ON t.device_id = d.id AND t.name = $5 \
+             ON CONFLICT (gateway_id, name) DO UPDATE SET description = EXCLUDED.description, \
+               device_id = EXCLUDED.device_id, tag_id = EXCLUDED.tag_id, \
+               condition_expression = EXCLUDED.condition_expression, op = EXCLUDED.op, \
+               threshold_value = EXCLUDED.threshold_value, threshold_high = EXCLUDED.threshold_high, \
+               threshold_low = EXCLUDED.threshold_low, level = EXCLUDED.level, eval_interval = EXCLUDED.eval_interval, \
+               eval_duration = EXCLUDED.eval_duration, cooldown_duration = EXCLUDED.cooldown_duration, \
+               enabled = EXCLUDED.enabled \
+             WHERE (alert_rules.description, alert_rules.device_id, alert_rules.tag_id, alert_rules.condition_expression, \
+                    alert_rules.op, alert_rules.threshold_value, alert_rules.threshold_high, alert_rules.threshold_low, \
+                    alert_rules.level, alert_rules.eval_interval, alert_rules.eval_duration, \
+                    alert_rules.cooldown_duration, alert_rules.enabled) \
+               IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.device_id, EXCLUDED.tag_id, \
+                    EXCLUDED.condition_expression, EXCLUDED.op, EXCLUDED.threshold_value, EXCLUDED.threshold_high, \
+                    EXCLUDED.threshold_low, EXCLUDED.level, EXCLUDED.eval_interval, EXCLUDED.eval_duration, \
+                    EXCLUDED.cooldown_duration, EXCLUDED.enabled)",
+        )
+        .bind(gw)
+        .bind(&r.name)
+        .bind(&r.description)
+        .bind(&r.device)
+        .bind(&r.tag)
+        .bind(&expression)
+        .bind(r.op.as_str())
+        .bind(value)
+        .bind(high)
+        .bind(low)
+        .bind(r.level.as_str())
+        .bind(r.eval_interval.as_secs_f64())
+        .bind(r.eval_duration.map(|d| d.as_secs_f64()))
+        .bind(r.cooldown_duration.as_secs_f64())
+        .bind(r.enabled)
+        .bind(format!("gateway:{gw}"))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(config.gateway.alert_rules.len())
+}
+
+/// `driver_registry`: one row per compiled-in driver; RUNNING when an
+/// enabled device uses it, LOADED otherwise.
+async fn register_drivers(tx: &mut PgConnection, gw: &str, config: &Config) -> Result<(), sqlx::Error> {
+    for (protocol, name, description, capabilities) in DRIVERS {
+        let running = config.devices.iter().any(|d| d.enabled && d.protocol == *protocol);
+        sqlx::query(
+            "INSERT INTO driver_registry (gateway_id, protocol, name, version, description, api_version, metadata, \
+               capabilities, status) \
+             VALUES ($1, $2::protocol_kind, $3, $4, $5, 1, $6, $7, $8::driver_status) \
+             ON CONFLICT (gateway_id, protocol) DO UPDATE SET name = EXCLUDED.name, version = EXCLUDED.version, \
+               description = EXCLUDED.description, metadata = EXCLUDED.metadata, \
+               capabilities = EXCLUDED.capabilities, status = EXCLUDED.status, error_message = NULL, \
+               loaded_at = CASE WHEN driver_registry.version = EXCLUDED.version THEN driver_registry.loaded_at ELSE NOW() END \
+             WHERE (driver_registry.name, driver_registry.version, driver_registry.description, driver_registry.metadata, \
+                    driver_registry.capabilities, driver_registry.status, driver_registry.error_message) \
+               IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.version, EXCLUDED.description, EXCLUDED.metadata, \
+                    EXCLUDED.capabilities, EXCLUDED.status, NULL)",
+        )
+        .bind(gw)
+        .bind(protocol_kind(*protocol))
+        .bind(*name)
+        .bind(env!("CARGO_PKG_VERSION"))
+        .bind(*description)
+        .bind(json!({"builtin": true, "protocol": protocol.as_str()}))
+        .bind(json!(capabilities))
+        .bind(if running { "RUNNING" } else { "LOADED" })
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
