@@ -34,8 +34,8 @@ mod error;
 mod gateway;
 mod influx;
 mod load;
-mod postgres;
 pub mod modbus;
+mod postgres;
 mod simulator;
 pub mod units;
 mod validate;
@@ -52,10 +52,10 @@ pub use gateway::{
 };
 pub use influx::{InfluxApi, InfluxSinkConfig, UnsignedAs};
 pub use load::EnvLookup;
-pub use postgres::{PostgresSinkConfig, SslMode};
-pub use validate::redact_url;
 pub use modbus::{ByteOrder, ModbusDevice, ModbusPoint, ModbusTag, Parity, SerialSettings, Table};
+pub use postgres::{PostgresSinkConfig, SslMode};
 pub use simulator::{ConstantValue, Generator, SimulatorDevice, SimulatorTag};
+pub use validate::redact_url;
 
 use load::{de, parse, read, split, table_value, take_array, take_tables, Source};
 

@@ -139,7 +139,10 @@ pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigEr
                 positive(&mut e, &k("max_retry_interval"), p.max_retry_interval);
                 if let Some(ca) = &p.ssl_root_cert {
                     if !ca.is_file() {
-                        e(&k("ssl_root_cert"), format!("{} is not a readable file", ca.display()));
+                        e(
+                            &k("ssl_root_cert"),
+                            format!("{} is not a readable file", ca.display()),
+                        );
                     }
                 }
             }
@@ -185,7 +188,10 @@ fn max_chars(e: &mut impl FnMut(&str, String), key: &str, value: Option<&str>, n
     if let Some(v) = value {
         let len = v.chars().count();
         if len > n {
-            e(key, format!("is {len} characters long; at most {n} (seed column {column} VARCHAR({n}))"));
+            e(
+                key,
+                format!("is {len} characters long; at most {n} (seed column {column} VARCHAR({n}))"),
+            );
         }
     }
 }

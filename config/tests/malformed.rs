@@ -881,12 +881,26 @@ fn postgres_sink_bad_values() {
 #[test]
 fn values_longer_than_the_seeds_columns() {
     let unit = "m".repeat(51);
-    let a = edit(DEV_A, "address = \"sine\"\n", &format!("address = \"sine\"\nunit = \"{unit}\"\n"));
+    let a = edit(
+        DEV_A,
+        "address = \"sine\"\n",
+        &format!("address = \"sine\"\nunit = \"{unit}\"\n"),
+    );
     let errs = Tree::with(GATEWAY, &a, DEV_B).errors();
-    expect(&errs, "devices/dev-a.toml", "tags[0].unit", (9, 8), "at most 50 (seed column tags.unit VARCHAR(50))");
+    expect(
+        &errs,
+        "devices/dev-a.toml",
+        "tags[0].unit",
+        (9, 8),
+        "at most 50 (seed column tags.unit VARCHAR(50))",
+    );
     count(&errs, 1);
     // 50 characters (not bytes): fine.
-    let a = edit(DEV_A, "address = \"sine\"\n", &format!("address = \"sine\"\nunit = \"{}\"\n", "°".repeat(50)));
+    let a = edit(
+        DEV_A,
+        "address = \"sine\"\n",
+        &format!("address = \"sine\"\nunit = \"{}\"\n", "°".repeat(50)),
+    );
     Tree::with(GATEWAY, &a, DEV_B).ok();
 }
 

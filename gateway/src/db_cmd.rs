@@ -56,7 +56,10 @@ fn sink_config(path: &std::path::Path, sink: Option<&str>) -> Result<config::Pos
         many => Err(Failure::Runtime(anyhow!(
             "{} has several postgres sinks ({}); choose one with --sink",
             path.display(),
-            many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -71,13 +74,18 @@ pub fn run(cmd: DbCmd) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::Runtime(e.into()))?;
     rt.block_on(async move {
-        let pool = postgres::connect(&cfg).await.context("connecting to PostgreSQL")?;
+        let pool = postgres::connect(&cfg)
+            .await
+            .context("connecting to PostgreSQL")?;
         if migrate {
             let applied = schema::prepare(&pool, true).await?;
             if applied.is_empty() {
                 println!("schema is up to date (version {})", schema::known_version());
             } else {
-                println!("applied migrations {applied:?}; schema is at version {}", schema::known_version());
+                println!(
+                    "applied migrations {applied:?}; schema is at version {}",
+                    schema::known_version()
+                );
             }
         } else {
             let done = schema::applied(&pool).await?;
@@ -91,8 +99,14 @@ pub fn run(cmd: DbCmd) -> Result<(), Failure> {
                 };
                 println!("{:>4}  {:<8}  {}", m.version, state, m.description);
             }
-            for a in done.iter().filter(|a| known.iter().all(|m| m.version != a.version)) {
-                println!("{:>4}  {:<8}  {} (unknown to this gateway: newer)", a.version, "applied", a.description);
+            for a in done
+                .iter()
+                .filter(|a| known.iter().all(|m| m.version != a.version))
+            {
+                println!(
+                    "{:>4}  {:<8}  {} (unknown to this gateway: newer)",
+                    a.version, "applied", a.description
+                );
             }
         }
         pool.close().await;

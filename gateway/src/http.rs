@@ -25,8 +25,8 @@ use frame_bus::FrameBus;
 
 use crate::audit::Actor;
 use crate::commands::{self, CommandError, Writers};
-use crate::runtime::ReloadRequest;
 use crate::metrics::Metrics;
+use crate::runtime::ReloadRequest;
 use crate::status::Status;
 
 #[derive(Clone)]

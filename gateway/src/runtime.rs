@@ -178,7 +178,14 @@ impl Runtime {
         let path = self.config.path.display().to_string();
         let (result, details) = match &outcome {
             Ok(changed) => (Ok(()), vec![("changed".to_string(), changed.join(","))]),
-            Err(errors) => (Err(format!("{} configuration error(s): {}", errors.len(), errors.join("; "))), vec![]),
+            Err(errors) => (
+                Err(format!(
+                    "{} configuration error(s): {}",
+                    errors.len(),
+                    errors.join("; ")
+                )),
+                vec![],
+            ),
         };
         audit::record(
             &self.bus,

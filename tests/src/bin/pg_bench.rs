@@ -77,7 +77,9 @@ fn events(n: usize) -> Vec<EventFrame> {
 }
 
 async fn admin(url: &str, sql: &str) -> Result<()> {
-    let mut c = PgConnection::connect(url).await.context("PostgreSQL at PG_TEST_ADMIN_URL")?;
+    let mut c = PgConnection::connect(url)
+        .await
+        .context("PostgreSQL at PG_TEST_ADMIN_URL")?;
     sqlx::raw_sql(sql).execute(&mut c).await?;
     Ok(())
 }
@@ -107,7 +109,11 @@ fn migrate(gateway: &Path, config: &Path) -> Result<()> {
         .args(["db", "migrate", "--config"])
         .arg(config)
         .output()?;
-    ensure!(out.status.success(), "db migrate: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "db migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -121,7 +127,9 @@ async fn raw(url: &str, all: &[EventFrame]) -> Result<Duration> {
     )
     .execute(&mut c)
     .await?;
-    let rule: uuid::Uuid = sqlx::query_scalar("SELECT id FROM alert_rules").fetch_one(&mut c).await?;
+    let rule: uuid::Uuid = sqlx::query_scalar("SELECT id FROM alert_rules")
+        .fetch_one(&mut c)
+        .await?;
     let started = Instant::now();
     for chunk in all.chunks(CHUNK) {
         let mut tx = c.begin().await?;
@@ -174,7 +182,13 @@ async fn raw(url: &str, all: &[EventFrame]) -> Result<Duration> {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM alert_history WHERE status = 'RESOLVED'")
         .fetch_one(&mut c)
         .await?;
-    ensure!(n as usize == all.iter().filter(|e| e.kind == EventKind::AlertResolved as i32).count());
+    ensure!(
+        n as usize
+            == all
+                .iter()
+                .filter(|e| e.kind == EventKind::AlertResolved as i32)
+                .count()
+    );
     Ok(took)
 }
 
@@ -185,11 +199,19 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let admin_url = std::env::var("PG_TEST_ADMIN_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b).to_string();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(b, _)| b)
+        .to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (store_db, raw_db) = ("gw_bench_store", "gw_bench_raw");
     for db in [store_db, raw_db] {
-        rt.block_on(admin(&admin_url, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))?;
+        rt.block_on(admin(
+            &admin_url,
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        ))?;
         rt.block_on(admin(&admin_url, &format!("CREATE DATABASE {db}")))?;
     }
     let all = events(n);
@@ -199,7 +221,10 @@ fn main() -> Result<()> {
     let config = write_config(&dir.join("store"), &format!("{base}/{store_db}"), port)?;
     migrate(&gateway, &config)?;
     let bus = FrameBus::open(dir.join("store/data/wal"), BusConfig::default())?;
-    let frames: Vec<(FrameType, Vec<u8>)> = all.iter().map(|e| (FrameType::Event, e.encode_to_vec())).collect();
+    let frames: Vec<(FrameType, Vec<u8>)> = all
+        .iter()
+        .map(|e| (FrameType::Event, e.encode_to_vec()))
+        .collect();
     rt.block_on(bus.publish_batch(frames))?;
     bus.close();
     drop(bus);
@@ -211,7 +236,10 @@ fn main() -> Result<()> {
         if lag == 0.0 && up == 1.0 {
             break;
         }
-        ensure!(started.elapsed() < Duration::from_secs(600), "the store did not catch up (lag {lag})");
+        ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the store did not catch up (lag {lag})"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let store_took = started.elapsed();
@@ -225,7 +253,10 @@ fn main() -> Result<()> {
     let raw_took = rt.block_on(raw(&format!("{base}/{raw_db}"), &all))?;
 
     for db in [store_db, raw_db] {
-        rt.block_on(admin(&admin_url, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))?;
+        rt.block_on(admin(
+            &admin_url,
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        ))?;
     }
     let events = all.len() as f64;
     let (s, r) = (events / store_took.as_secs_f64(), events / raw_took.as_secs_f64());
@@ -237,6 +268,9 @@ fn main() -> Result<()> {
         store_took.as_secs_f64(),
         s / r
     );
-    println!("| raw bulk writer (1000 rows per statement) | {events} | {:.2} | {r:.0} | 1.00 |", raw_took.as_secs_f64());
+    println!(
+        "| raw bulk writer (1000 rows per statement) | {events} | {:.2} | {r:.0} | 1.00 |",
+        raw_took.as_secs_f64()
+    );
     Ok(())
 }

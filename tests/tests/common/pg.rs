@@ -62,7 +62,10 @@ impl Db {
             let mut c = PgConnection::connect(admin).await.unwrap_or_else(|e| {
                 panic!("PostgreSQL must be running at {admin} (the machine's server, trust auth): {e}")
             });
-            sqlx::raw_sql(&sql).execute(&mut c).await.expect("CREATE DATABASE");
+            sqlx::raw_sql(&sql)
+                .execute(&mut c)
+                .await
+                .expect("CREATE DATABASE");
         });
         let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
         Db {
@@ -93,7 +96,7 @@ impl Db {
 
     pub fn try_rows(&self, sql: &str) -> Result<Vec<Value>, String> {
         let url = self.url.clone();
-        let q = format!("SELECT coalesce(json_agg(t), '[]'::json) FROM ({sql}) t");
+        let q = format!("SELECT coalesce(json_agg(gw_row), '[]'::json) FROM ({sql}) gw_row");
         runtime().block_on(async move {
             let mut c = connect_utc(&url).await?;
             let v: Value = sqlx::query_scalar(&q)
@@ -220,12 +223,31 @@ impl Cluster {
             );
         };
         openssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=gateway-test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gateway-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
         ]);
         openssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "data/server.key",
-            "-out", "server.csr",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "data/server.key",
+            "-out",
+            "server.csr",
         ]);
         std::fs::write(
             self.dir.join("server.ext"),
@@ -234,8 +256,21 @@ impl Cluster {
         )
         .unwrap();
         openssl(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days",
-            "2", "-extfile", "server.ext", "-out", "data/server.crt",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "data/server.crt",
         ]);
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -307,7 +342,10 @@ impl Cluster {
         self.running = true;
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(30), "private PostgreSQL does not listen");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "private PostgreSQL does not listen"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -216,7 +216,11 @@ struct Store {
 
 async fn open(cfg: &PostgresSinkConfig, name: &str, config: &Config) -> Result<Store, StoreError> {
     let pool = within(cfg.connect_timeout.saturating_mul(2), connect(cfg)).await?;
-    let applied = within(cfg.timeout.max(Duration::from_secs(60)), schema::prepare(&pool, cfg.migrate)).await?;
+    let applied = within(
+        cfg.timeout.max(Duration::from_secs(60)),
+        schema::prepare(&pool, cfg.migrate),
+    )
+    .await?;
     if !applied.is_empty() {
         info!(sink = name, versions = ?applied, "PostgreSQL migrations applied");
     }
@@ -228,7 +232,12 @@ async fn open(cfg: &PostgresSinkConfig, name: &str, config: &Config) -> Result<S
     })
 }
 
-async fn resync(cfg: &PostgresSinkConfig, name: &str, pool: &PgPool, config: &Config) -> Result<Ids, StoreError> {
+async fn resync(
+    cfg: &PostgresSinkConfig,
+    name: &str,
+    pool: &PgPool,
+    config: &Config,
+) -> Result<Ids, StoreError> {
     if cfg.sync_config {
         let r = within(cfg.timeout, sync::sync(pool, config)).await?;
         info!(

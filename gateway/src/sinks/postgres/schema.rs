@@ -98,10 +98,11 @@ pub async fn applied(pool: &PgPool) -> Result<Vec<Applied>, sqlx::Error> {
     if !exists {
         return Ok(Vec::new());
     }
-    let rows: Vec<(i64, String, bool, Vec<u8>)> =
-        sqlx::query_as("SELECT version, description, success, checksum FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<(i64, String, bool, Vec<u8>)> = sqlx::query_as(
+        "SELECT version, description, success, checksum FROM _sqlx_migrations ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|(version, description, success, checksum)| Applied {
@@ -175,8 +176,10 @@ mod tests {
                 (v.parse().unwrap(), d.replace('_', " "), sql)
             })
             .collect();
-        let embedded: Vec<(i64, String, String)> =
-            FILES.iter().map(|(v, d, s)| (*v, d.to_string(), s.to_string())).collect();
+        let embedded: Vec<(i64, String, String)> = FILES
+            .iter()
+            .map(|(v, d, s)| (*v, d.to_string(), s.to_string()))
+            .collect();
         assert_eq!(embedded, from_dir);
         assert_eq!(known_version(), 2);
         let m = migrations();

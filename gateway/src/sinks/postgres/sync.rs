@@ -27,10 +27,11 @@ pub struct Ids {
 impl Ids {
     /// Reads the ids of every row of `gateway_id` (enabled or not).
     pub async fn load(pool: &PgPool, gateway_id: &str) -> Result<Ids, sqlx::Error> {
-        let devices: Vec<(String, Uuid)> = sqlx::query_as("SELECT name, id FROM devices WHERE gateway_id = $1")
-            .bind(gateway_id)
-            .fetch_all(pool)
-            .await?;
+        let devices: Vec<(String, Uuid)> =
+            sqlx::query_as("SELECT name, id FROM devices WHERE gateway_id = $1")
+                .bind(gateway_id)
+                .fetch_all(pool)
+                .await?;
         let tags: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
             "SELECT t.device_id, t.name, t.id FROM tags t JOIN devices d ON d.id = t.device_id \
              WHERE d.gateway_id = $1",
@@ -38,10 +39,11 @@ impl Ids {
         .bind(gateway_id)
         .fetch_all(pool)
         .await?;
-        let rules: Vec<(String, Uuid)> = sqlx::query_as("SELECT name, id FROM alert_rules WHERE gateway_id = $1")
-            .bind(gateway_id)
-            .fetch_all(pool)
-            .await?;
+        let rules: Vec<(String, Uuid)> =
+            sqlx::query_as("SELECT name, id FROM alert_rules WHERE gateway_id = $1")
+                .bind(gateway_id)
+                .fetch_all(pool)
+                .await?;
         Ok(Ids {
             devices: devices.into_iter().collect(),
             tags: tags.into_iter().map(|(d, n, id)| ((d, n), id)).collect(),
@@ -210,7 +212,12 @@ pub async fn sync(pool: &PgPool, config: &Config) -> Result<SyncReport, sqlx::Er
     report.tags = upsert_tags(&mut tx, config, &device_ids).await?;
     report.disabled += disable_missing_tags(&mut tx, gw, config, &device_ids).await?;
     report.rules = upsert_rules(&mut tx, gw, config).await?;
-    let rule_names: Vec<String> = config.gateway.alert_rules.iter().map(|r| r.name.clone()).collect();
+    let rule_names: Vec<String> = config
+        .gateway
+        .alert_rules
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
     report.disabled += sqlx::query(
         "UPDATE alert_rules SET enabled = false WHERE gateway_id = $1 AND enabled AND NOT (name = ANY($2))",
     )
@@ -259,7 +266,12 @@ async fn upsert_device(tx: &mut PgConnection, gw: &str, d: &DeviceConfig) -> Res
         .await
 }
 
-async fn upsert_driver_config(tx: &mut PgConnection, gw: &str, d: &DeviceConfig, device: Uuid) -> Result<(), sqlx::Error> {
+async fn upsert_driver_config(
+    tx: &mut PgConnection,
+    gw: &str,
+    d: &DeviceConfig,
+    device: Uuid,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO driver_configs (gateway_id, device_id, name, description, protocol, connection_type, enabled, config, \
            scan_interval, timeout, max_concurrent, batch_size, max_retries, retry_interval, exponential_backoff, max_retry_interval) \
@@ -321,7 +333,9 @@ async fn upsert_tags(
     let mut scan_rate: Vec<Option<i32>> = Vec::new();
     let mut enabled = Vec::new();
     for d in &config.devices {
-        let Some(id) = device_ids.get(&d.name) else { continue };
+        let Some(id) = device_ids.get(&d.name) else {
+            continue;
+        };
         for t in &d.tags {
             dev.push(*id);
             name.push(t.name.clone());
@@ -390,7 +404,9 @@ async fn disable_missing_tags(
     let mut dev = Vec::new();
     let mut name = Vec::new();
     for d in &config.devices {
-        let Some(id) = device_ids.get(&d.name) else { continue };
+        let Some(id) = device_ids.get(&d.name) else {
+            continue;
+        };
         for t in &d.tags {
             dev.push(*id);
             name.push(t.name.clone());
@@ -420,11 +436,14 @@ async fn upsert_rules(tx: &mut PgConnection, gw: &str, config: &Config) -> Resul
         } else {
             (r.threshold_value, None, None)
         };
-        let expression = r.condition_expression.clone().unwrap_or_else(|| match (value, low, high) {
-            (_, Some(lo), Some(hi)) => format!("{subject} {} {lo} AND {hi}", r.op.as_str()),
-            (Some(v), _, _) => format!("{subject} {} {v}", r.op.as_str()),
-            _ => format!("{subject} {}", r.op.as_str()),
-        });
+        let expression = r
+            .condition_expression
+            .clone()
+            .unwrap_or_else(|| match (value, low, high) {
+                (_, Some(lo), Some(hi)) => format!("{subject} {} {lo} AND {hi}", r.op.as_str()),
+                (Some(v), _, _) => format!("{subject} {} {v}", r.op.as_str()),
+                _ => format!("{subject} {}", r.op.as_str()),
+            });
         sqlx::query(
             "INSERT INTO alert_rules (gateway_id, name, description, device_id, tag_id, condition_expression, op, \
                threshold_value, threshold_high, threshold_low, level, eval_interval, eval_duration, cooldown_duration, \
@@ -476,7 +495,10 @@ async fn upsert_rules(tx: &mut PgConnection, gw: &str, config: &Config) -> Resul
 /// enabled device uses it, LOADED otherwise.
 async fn register_drivers(tx: &mut PgConnection, gw: &str, config: &Config) -> Result<(), sqlx::Error> {
     for (protocol, name, description, capabilities) in DRIVERS {
-        let running = config.devices.iter().any(|d| d.enabled && d.protocol == *protocol);
+        let running = config
+            .devices
+            .iter()
+            .any(|d| d.enabled && d.protocol == *protocol);
         sqlx::query(
             "INSERT INTO driver_registry (gateway_id, protocol, name, version, description, api_version, metadata, \
                capabilities, status) \

@@ -159,9 +159,15 @@ fn value_json(v: &Option<proto::Value>) -> Json {
 }
 
 fn attributes_json(e: &EventFrame, except: &[&str]) -> Map<String, Json> {
-    let mut keys: Vec<&String> = e.attributes.keys().filter(|k| !except.contains(&k.as_str())).collect();
+    let mut keys: Vec<&String> = e
+        .attributes
+        .keys()
+        .filter(|k| !except.contains(&k.as_str()))
+        .collect();
     keys.sort();
-    keys.into_iter().map(|k| (k.clone(), json!(e.attributes[k]))).collect()
+    keys.into_iter()
+        .map(|k| (k.clone(), json!(e.attributes[k])))
+        .collect()
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -178,7 +184,8 @@ impl Planner {
 
     /// Remembers the `last_seen` writes of a committed plan.
     pub fn committed(&mut self, plan: &Plan) {
-        self.last_seen.extend(plan.last_seen.iter().map(|(k, v)| (*k, *v)));
+        self.last_seen
+            .extend(plan.last_seen.iter().map(|(k, v)| (*k, *v)));
     }
 
     /// Plans `frames` (no side effects).
@@ -263,7 +270,10 @@ fn plan_event(seq: u64, e: EventFrame, ids: &Ids, plan: &mut Plan) {
             let Some(rule) = ids.rules.get(&e.rule_id).copied() else {
                 return skip(plan, format!("alert of unknown rule {:?}", e.rule_id));
             };
-            let threshold = e.attributes.get("threshold_value").and_then(|t| t.parse::<f64>().ok());
+            let threshold = e
+                .attributes
+                .get("threshold_value")
+                .and_then(|t| t.parse::<f64>().ok());
             let mut details = attributes_json(&e, &["threshold_value"]);
             details.insert("value".into(), value_json(&e.value));
             Op::AlertFired {
@@ -285,7 +295,10 @@ fn plan_event(seq: u64, e: EventFrame, ids: &Ids, plan: &mut Plan) {
         }
         EventKind::AlertAcknowledged | EventKind::AlertResolved | EventKind::AlertSuppressed => {
             let Some(alert_id) = e.attributes.get("alert_id").filter(|a| !a.is_empty()) else {
-                return skip(plan, format!("{} without an alert_id attribute", kind.as_str_name()));
+                return skip(
+                    plan,
+                    format!("{} without an alert_id attribute", kind.as_str_name()),
+                );
             };
             Op::AlertChanged {
                 alert_id: alert_id.clone(),
@@ -345,7 +358,14 @@ fn plan_event(seq: u64, e: EventFrame, ids: &Ids, plan: &mut Plan) {
                 resource_name,
                 details: Json::Object(attributes_json(
                     &e,
-                    &["action", "resource_type", "resource", "client_ip", "user_agent", "actor"],
+                    &[
+                        "action",
+                        "resource_type",
+                        "resource",
+                        "client_ip",
+                        "user_agent",
+                        "actor",
+                    ],
                 )),
                 client_ip: e.attributes.get("client_ip").cloned(),
                 user_agent: e.attributes.get("user_agent").cloned(),
@@ -368,7 +388,11 @@ fn plan_event(seq: u64, e: EventFrame, ids: &Ids, plan: &mut Plan) {
 /// `$n` microseconds since the epoch as a `timestamptz`.
 macro_rules! ts {
     ($n:literal) => {
-        concat!("('epoch'::timestamptz + $", $n, "::int8 * INTERVAL '1 microsecond')")
+        concat!(
+            "('epoch'::timestamptz + $",
+            $n,
+            "::int8 * INTERVAL '1 microsecond')"
+        )
     };
 }
 
