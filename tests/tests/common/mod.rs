@@ -24,7 +24,7 @@ pub fn gateway_bin() -> PathBuf {
     let bin = dir.join("gateway");
     assert!(
         bin.is_file(),
-        "gateway binary not found at {} (build it with `cargo build --release -p gateway` or set GATEWAY_BIN)",
+        "gateway binary not found at {} (build it with `cargo build --release --workspace --all-targets` or set GATEWAY_BIN)",
         bin.display()
     );
     bin
