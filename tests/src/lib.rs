@@ -12,9 +12,40 @@
 //! `P <seq> <publisher> <counter>` for an acknowledged publish,
 //! `A <seq>` for a consumer acknowledgement, `READY` once the bus is open.
 //!
-//! * `runtime_bench`, `modbus_bench`, `influx_bench` — benchmarks of the
-//!   real binary; they read the gateway's CPU time and memory with
-//!   [`proc_stats`] and its metrics and knobs with [`bench`].
+//! * `runtime_bench`, `modbus_bench`, `influx_bench`, `pg_bench` —
+//!   benchmarks of the real binary; they read the gateway's CPU time and
+//!   memory with [`proc_stats`] and its metrics and knobs with [`bench`].
+//!
+//! [`alert_event`] builds the alert events that tests and benchmarks put on
+//! the bus before the gateway starts (as the alert engine will publish them).
+
+/// An alert event of rule `press-hot` on `press`/`temp` (CRITICAL), as the
+/// alert engine publishes it: `id` is the event id, `attributes` e.g.
+/// `threshold_value` or `alert_id` (see `EventKind` in frame.proto).
+pub fn alert_event(
+    kind: proto::EventKind,
+    id: String,
+    ts_ns: u64,
+    value: f64,
+    attributes: &[(&str, String)],
+) -> proto::EventFrame {
+    proto::EventFrame {
+        event_id: id,
+        kind: kind as i32,
+        device_id: "press".into(),
+        tag: "temp".into(),
+        rule_id: "press-hot".into(),
+        level: proto::AlertLevel::Critical as i32,
+        message: "temp above 80".into(),
+        value: Some(proto::Value::float(value)),
+        event_ts_ns: ts_ns,
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        ..proto::EventFrame::default()
+    }
+}
 
 /// Payload of publisher `p`'s `n`-th frame, as written by `wal_crash_child`.
 pub fn crash_payload(publisher: u64, counter: u64) -> Vec<u8> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::peers::ModbusServer;
 use common::pg::{Cluster, Db};
 use common::{gateway_bin, DemoDir, Gateway};
-use proto::{EventFrame, EventKind, FrameType, Message};
+use proto::{EventKind, FrameType, Message};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -798,19 +798,7 @@ fn inject_alerts(wal: &Path) {
     bus.set_cursor("hold", 0).expect("hold cursor");
     let t0: u64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
     let event = |kind: EventKind, id: String, ts: u64, attrs: Vec<(&str, String)>| {
-        let e = EventFrame {
-            event_id: id,
-            kind: kind as i32,
-            device_id: "press".into(),
-            tag: "temp".into(),
-            rule_id: "press-hot".into(),
-            level: proto::AlertLevel::Critical as i32,
-            message: "temp above 80".into(),
-            value: Some(proto::Value::float(95.5)),
-            event_ts_ns: ts,
-            attributes: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            ..EventFrame::default()
-        };
+        let e = tests::alert_event(kind, id, ts, 95.5, &attrs);
         (FrameType::Event, e.encode_to_vec())
     };
     let mut frames = Vec::new();

@@ -37,17 +37,14 @@ fn free_port() -> Result<u16> {
 /// The events of the run, in WAL order.
 fn events(n: usize) -> Vec<EventFrame> {
     let mut out = Vec::with_capacity(2 * n);
-    let base = |kind: EventKind, id: String, i: usize| EventFrame {
-        event_id: id,
-        kind: kind as i32,
-        device_id: "press".into(),
-        tag: "temp".into(),
-        rule_id: "press-hot".into(),
-        level: proto::AlertLevel::Critical as i32,
-        message: "temp above 80".into(),
-        value: Some(proto::Value::float(80.0 + (i % 100) as f64)),
-        event_ts_ns: T0_NS + i as u64 * 1_000_000,
-        ..EventFrame::default()
+    let base = |kind: EventKind, id: String, i: usize| {
+        tests::alert_event(
+            kind,
+            id,
+            T0_NS + i as u64 * 1_000_000,
+            80.0 + (i % 100) as f64,
+            &[],
+        )
     };
     for i in 0..n {
         let mut e = base(EventKind::AlertFired, format!("alert-{i}"), i);

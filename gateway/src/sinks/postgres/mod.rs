@@ -192,8 +192,10 @@ impl Health {
         st.unhealthy = None;
     }
 
-    /// Waits before the next attempt; `true` when shutdown came first.
-    async fn wait(&mut self) -> bool {
+    /// Records the failure and waits before the next attempt; `true`
+    /// when shutdown came first.
+    async fn retry(&mut self, what: &str, e: &StoreError) -> bool {
+        self.failed(what, e);
         let base = Duration::from_millis(250)
             .checked_mul(2u32.saturating_pow(self.failures.saturating_sub(1).min(16)))
             .unwrap_or(self.max)
@@ -325,8 +327,6 @@ pub async fn run(ctx: SinkContext, cfg: PostgresSinkConfig) -> Result<(), SinkEr
     let mut store: Option<Store> = None;
     // A batch that could not be written yet (kept, in order, for the retry).
     let mut held: Option<Vec<FrameEnvelope>> = None;
-    // The runtime keeps the configuration channel open while it runs.
-    let mut config_open = true;
     // Log rejected/skipped frames once per burst.
     let mut quiet_until = tokio::time::Instant::now();
     info!(sink = ctx.name, from = sub.position(), "PostgreSQL store started");
@@ -347,8 +347,7 @@ pub async fn run(ctx: SinkContext, cfg: PostgresSinkConfig) -> Result<(), SinkEr
                     health.ok();
                 }
                 Err(e) => {
-                    health.failed("connecting", &e);
-                    if health.wait().await {
+                    if health.retry("connecting", &e).await {
                         return Ok(());
                     }
                 }
@@ -360,37 +359,22 @@ pub async fn run(ctx: SinkContext, cfg: PostgresSinkConfig) -> Result<(), SinkEr
             None => tokio::select! {
                 biased;
                 _ = wait_true(&mut shutdown) => return Ok(()),
-                changed = config_rx.changed(), if config_open => {
-                    config_open = changed.is_ok();
-                    if config_open {
-                        let config = config_rx.borrow_and_update().clone();
-                        if let Err(e) = resync(&cfg, &ctx.name, &st.pool, &config).await.map(|ids| st.ids = ids) {
-                            health.failed("syncing the configuration", &e);
-                            store = None;
-                            if health.wait().await {
-                                return Ok(());
-                            }
-                        }
-                    }
-                    continue;
-                }
                 r = sub.recv_batch(cfg.batch_frames) => r?,
             },
         };
         let Some(last) = frames.last().map(|f| f.sequence_id) else {
             continue;
         };
-        // A reload published before these frames: sync it first, so a
-        // new device's row exists before its first status event.
+        // A reload is published before the frames that follow it (a new
+        // device's first, the reload's own AUDIT event, which every reload
+        // writes): sync it first, so their rows exist.
         if config_rx.has_changed().unwrap_or(false) {
             let config = config_rx.borrow_and_update().clone();
             match resync(&cfg, &ctx.name, &st.pool, &config).await {
                 Ok(ids) => st.ids = ids,
                 Err(e) => {
-                    health.failed("syncing the configuration", &e);
-                    held = Some(frames);
-                    store = None;
-                    if health.wait().await {
+                    (held, store) = (Some(frames), None);
+                    if health.retry("syncing the configuration", &e).await {
                         return Ok(());
                     }
                     continue;
@@ -428,10 +412,8 @@ pub async fn run(ctx: SinkContext, cfg: PostgresSinkConfig) -> Result<(), SinkEr
                     health.ok();
                 }
                 Err(e) => {
-                    health.failed("writing", &e);
-                    held = Some(frames);
-                    store = None;
-                    if health.wait().await {
+                    (held, store) = (Some(frames), None);
+                    if health.retry("writing", &e).await {
                         return Ok(());
                     }
                     continue;

@@ -209,8 +209,9 @@ pub async fn sync(pool: &PgPool, config: &Config) -> Result<SyncReport, sqlx::Er
         .await?
         .rows_affected();
     }
-    report.tags = upsert_tags(&mut tx, config, &device_ids).await?;
-    report.disabled += disable_missing_tags(&mut tx, gw, config, &device_ids).await?;
+    let tags = upsert_tags(&mut tx, config, &device_ids).await?;
+    report.tags = tags.name.len();
+    report.disabled += disable_missing_tags(&mut tx, gw, &tags).await?;
     report.rules = upsert_rules(&mut tx, gw, config).await?;
     let rule_names: Vec<String> = config
         .gateway
@@ -317,7 +318,7 @@ async fn upsert_tags(
     tx: &mut PgConnection,
     config: &Config,
     device_ids: &HashMap<String, Uuid>,
-) -> Result<usize, sqlx::Error> {
+) -> Result<TagKeys, sqlx::Error> {
     let mut dev = Vec::new();
     let mut name = Vec::new();
     let mut description: Vec<Option<String>> = Vec::new();
@@ -353,7 +354,6 @@ async fn upsert_tags(
             enabled.push(t.enabled);
         }
     }
-    let n = dev.len();
     sqlx::query(
         "INSERT INTO tags (device_id, name, description, address, data_type, access_type, unit, scaling, tag_offset, \
            min_value, max_value, deadband, scan_rate, enabled) \
@@ -390,28 +390,18 @@ async fn upsert_tags(
     .bind(&enabled)
     .execute(&mut *tx)
     .await?;
-    Ok(n)
+    Ok(TagKeys { device: dev, name })
+}
+
+/// The (device id, tag name) of every configured tag.
+struct TagKeys {
+    device: Vec<Uuid>,
+    name: Vec<String>,
 }
 
 /// Tags of this gateway's devices that are not in the files any more
 /// (including every tag of a removed device).
-async fn disable_missing_tags(
-    tx: &mut PgConnection,
-    gw: &str,
-    config: &Config,
-    device_ids: &HashMap<String, Uuid>,
-) -> Result<u64, sqlx::Error> {
-    let mut dev = Vec::new();
-    let mut name = Vec::new();
-    for d in &config.devices {
-        let Some(id) = device_ids.get(&d.name) else {
-            continue;
-        };
-        for t in &d.tags {
-            dev.push(*id);
-            name.push(t.name.clone());
-        }
-    }
+async fn disable_missing_tags(tx: &mut PgConnection, gw: &str, keys: &TagKeys) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE tags t SET enabled = false FROM devices d \
          WHERE t.device_id = d.id AND d.gateway_id = $1 AND t.enabled \
@@ -419,8 +409,8 @@ async fn disable_missing_tags(
                            WHERE k.device_id = t.device_id AND k.name = t.name)",
     )
     .bind(gw)
-    .bind(&dev)
-    .bind(&name)
+    .bind(&keys.device)
+    .bind(&keys.name)
     .execute(&mut *tx)
     .await?
     .rows_affected())
