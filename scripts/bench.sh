@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks; print Markdown tables for docs/benchmarks.md. Use the release
-# profile and target dir of the tests, so nothing is compiled twice.
+# profile, target dir and package selection (--workspace --all-targets) of
+# the tests, so nothing is compiled twice (see docs/testing.md).
 #
 #   scripts/bench.sh [bus] [ARGS…]   frame bus vs raw RocksDB in the same run
 #                                    (BENCH_* knobs: frame-bus/benches/bus.rs)
@@ -28,27 +29,27 @@ what="${1:-bus}"
 case "$what" in
     runtime)
         shift
-        cargo build --release --locked -p gateway -p tests --bins
+        cargo build --release --locked --workspace --all-targets
         export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-runtime-bench}"
         "$CARGO_TARGET_DIR/release/runtime_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
         ;;
     modbus)
         shift
-        cargo build --release --locked -p gateway -p tests --bins
+        cargo build --release --locked --workspace --all-targets
         export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-modbus-bench}"
         "$CARGO_TARGET_DIR/release/modbus_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
         ;;
     influx)
         shift
         ensure_influx_peers
-        cargo build --release --locked -p gateway -p tests --bins
+        cargo build --release --locked --workspace --all-targets
         export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-influx-bench}"
         "$CARGO_TARGET_DIR/release/influx_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
         ;;
     postgres)
         shift
         ensure_postgres
-        cargo build --release --locked -p gateway -p tests --bins
+        cargo build --release --locked --workspace --all-targets
         export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-pg-bench}"
         "$CARGO_TARGET_DIR/release/pg_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
         ;;

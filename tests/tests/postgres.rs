@@ -793,7 +793,7 @@ const ALERTS: usize = 300;
 /// half, acknowledged for 150..200 and, after their resolution, for
 /// 0..20. A consumer `hold` that never acknowledges keeps them all in
 /// the WAL for the replay check.
-fn inject_alerts(wal: &Path) {
+fn inject_alerts(wal: &Path) -> u64 {
     let bus = frame_bus::FrameBus::open(wal, frame_bus::BusConfig::default()).expect("open bus");
     bus.set_cursor("hold", 0).expect("hold cursor");
     let t0: u64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
@@ -831,12 +831,35 @@ fn inject_alerts(wal: &Path) {
             vec![("alert_id", format!("alert-{i}")), ("by", "night-shift".into())],
         ));
     }
+    // Repeats a producer could send after a crash of its own: they must
+    // change nothing (first insert, first resolution, first ack win).
+    let late = t0 + 4 * ALERTS as u64 * 1_000_000_000;
+    frames.push(event(
+        EventKind::AlertFired,
+        "alert-7".into(),
+        late,
+        vec![("threshold_value", "1".into())],
+    ));
+    frames.push(event(
+        EventKind::AlertResolved,
+        "resolved-7-again".into(),
+        late,
+        vec![("alert_id", "alert-7".into())],
+    ));
+    frames.push(event(
+        EventKind::AlertAcknowledged,
+        "ack-160-again".into(),
+        late,
+        vec![("alert_id", "alert-160".into()), ("by", "someone-else".into())],
+    ));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let n = frames.len() as u64;
     rt.block_on(bus.publish_batch(frames)).expect("publish");
     bus.close();
+    n
 }
 
 fn history_snapshot(db: &Db) -> Vec<Value> {
@@ -868,7 +891,7 @@ fn status_alert_history_and_audit_through_the_gateway_survive_sigkill_and_replay
         &(pg_sink(&db.url, "batch_frames = 1") + rules),
     );
     std::fs::create_dir_all(demo.data()).unwrap();
-    inject_alerts(&demo.wal());
+    let injected = inject_alerts(&demo.wal());
 
     // SIGKILL while the backlog is being written, one frame per transaction.
     let mut g = Gateway::start(&demo, &[]);
@@ -881,9 +904,18 @@ fn status_alert_history_and_audit_through_the_gateway_survive_sigkill_and_replay
     let written_before_kill = db.count("SELECT count(*) AS n FROM alert_history");
     eprintln!("{written_before_kill} of {ALERTS} alert rows written before SIGKILL");
 
+    // The rest in batches of up to 1000 frames: one statement per run of
+    // one kind (the bulk path), repeats within a statement included.
+    let toml = std::fs::read_to_string(demo.config()).unwrap();
+    assert!(toml.contains("batch_frames = 1\n"));
+    std::fs::write(
+        demo.config(),
+        toml.replace("batch_frames = 1\n", "batch_frames = 1000\n"),
+    )
+    .unwrap();
     let mut g = Gateway::start(&demo, &[]);
-    g.wait_until("every alert event stored", LIMIT, |_| {
-        db.count("SELECT count(*) AS n FROM alert_history WHERE acknowledged_by = 'night-shift'") == 20
+    g.wait_until("every alert event stored", LIMIT, |g| {
+        metric(g, "gateway_consumer_cursor_seq{consumer=\"pg\"}").is_some_and(|c| c >= injected as f64)
     });
     let counts = &db.rows(
         "SELECT count(*) AS n, count(DISTINCT event_id) AS ids, \
@@ -909,10 +941,22 @@ fn status_alert_history_and_audit_through_the_gateway_survive_sigkill_and_replay
                 "triggered_value": 95.5, "threshold_value": 80, "level": "CRITICAL", "message": "temp above 80",
                 "details": {"zone": "A", "value": 95.5}, "rule": "press-hot", "device": "press", "tag": "temp"})
     );
+    let seven = &db
+        .rows("SELECT resolved_at::text, threshold_value FROM alert_history WHERE event_id = 'alert-7'")[0];
+    assert_eq!(
+        seven,
+        &json!({"resolved_at": "2026-01-01 00:05:07+00", "threshold_value": 80})
+    );
     let ack = &db.rows("SELECT status::text, acknowledged_by, acknowledged_at::text FROM alert_history WHERE event_id = 'alert-160'")[0];
     assert_eq!(
         ack,
         &json!({"status": "ACKNOWLEDGED", "acknowledged_by": "operator-160", "acknowledged_at": "2026-01-01 00:07:40+00"})
+    );
+
+    assert!(
+        !g.log_text().contains("op by op"),
+        "the bulk statements were rejected:\n{}",
+        g.log_text()
     );
 
     // Device status from the real driver: Online, Offline when the PLC
@@ -979,6 +1023,7 @@ fn status_alert_history_and_audit_through_the_gateway_survive_sigkill_and_replay
         metric(&g, "gateway_sink_dead_lettered_total{sink=\"pg\"}"),
         Some(0.0)
     );
+    assert!(!g.log_text().contains("op by op"), "{}", g.log_text());
 }
 
 #[test]
@@ -1117,4 +1162,64 @@ fn tls_sslmode_and_root_certificate_are_honoured() {
         "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'gateway_rust'",
     );
     assert!(!ssl.is_empty() && ssl.iter().all(|r| r["ssl"] == true), "{ssl:?}");
+}
+
+#[test]
+fn a_row_the_database_rejects_is_skipped_alone_and_counted() {
+    let db = Db::create();
+    let demo = DemoDir::with_gateway(&[simulator("press", &["temp"])], &pg_sink(&db.url, ""));
+    std::fs::create_dir_all(demo.data()).unwrap();
+    // Three audit events; PostgreSQL text cannot hold a NUL byte, so the
+    // second is refused for its data (SQLSTATE 22021), not for availability.
+    let bus = frame_bus::FrameBus::open(demo.wal(), frame_bus::BusConfig::default()).unwrap();
+    let frames: Vec<(FrameType, Vec<u8>)> = ["first", "bad\0action", "third"]
+        .iter()
+        .enumerate()
+        .map(|(i, action)| {
+            let e = proto::EventFrame {
+                event_id: format!("audit-{i}"),
+                kind: EventKind::Audit as i32,
+                status: "ok".into(),
+                event_ts_ns: 1_767_225_600_000_000_000 + i as u64,
+                attributes: [("action".to_string(), action.to_string())].into_iter().collect(),
+                ..proto::EventFrame::default()
+            };
+            (FrameType::Event, e.encode_to_vec())
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bus.publish_batch(frames)).unwrap();
+    bus.close();
+    drop(bus);
+
+    let mut g = Gateway::start(&demo, &[]);
+    g.wait_until("the three frames acknowledged", LIMIT, |g| {
+        metric(g, "gateway_consumer_cursor_seq{consumer=\"pg\"}").is_some_and(|c| c >= 3.0)
+    });
+    assert_eq!(
+        names(&db, "SELECT action::text FROM audit_logs ORDER BY created_at"),
+        ["first", "third"]
+    );
+    assert_eq!(
+        metric(&g, "gateway_sink_dead_lettered_total{sink=\"pg\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &g,
+            "gateway_sink_write_errors_total{sink=\"pg\",cause=\"rejected\"}"
+        ),
+        Some(1.0)
+    );
+    let log = g.log_text();
+    assert!(log.contains("op by op"), "{log}");
+    assert!(log.contains("rejected a row") && log.contains("seq=2"), "{log}");
+    assert_eq!(
+        metric(&g, "gateway_sink_up{sink=\"pg\"}"),
+        Some(1.0),
+        "a rejected row is not an outage"
+    );
 }

@@ -22,6 +22,7 @@
 //! availability) is skipped alone — the rest of the batch commits — and
 //! counted in `gateway_sink_dead_lettered_total` with its seq in the log.
 
+mod bulk;
 pub mod schema;
 pub mod sync;
 pub mod writes;
@@ -254,33 +255,27 @@ async fn resync(
     within(cfg.timeout, Ids::load(pool, &config.gateway.gateway_id)).await
 }
 
-/// Writes a plan in one transaction. A statement rejected for its data
-/// is retried alone (each under a savepoint) and skipped if it fails
-/// again; an availability error fails the whole batch.
+/// Writes a plan in one transaction, a run of one kind of op per
+/// statement ([`bulk`]). When the database rejects it for its data, the
+/// plan is written again op by op, each under a savepoint, and only the
+/// ops that fail again are skipped; an availability error fails the
+/// whole batch.
 async fn write(
     pool: &PgPool,
     gateway_id: &str,
     plan: &Plan,
 ) -> Result<(u64, Vec<(u64, sqlx::Error)>), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let mut changed = 0;
-    let mut first_error = None;
-    for p in &plan.ops {
-        match writes::apply(&mut tx, gateway_id, &p.op).await {
-            Ok(n) => changed += n,
-            Err(e) => {
-                first_error = Some(e);
-                break;
-            }
-        }
-    }
-    match first_error {
-        None => {
+    match bulk::apply_all(&mut tx, gateway_id, &plan.ops).await {
+        Ok(changed) => {
             tx.commit().await?;
             return Ok((changed, Vec::new()));
         }
-        Some(e) if transient(&e) => return Err(e),
-        Some(_) => drop(tx),
+        Err(e) if transient(&e) => return Err(e),
+        Err(e) => {
+            warn!(error = %e, ops = plan.ops.len(), "PostgreSQL rejected a batch statement; writing the batch op by op to find the row");
+            drop(tx);
+        }
     }
     // Careful pass: one savepoint per statement.
     let mut tx = pool.begin().await?;

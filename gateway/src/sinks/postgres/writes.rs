@@ -1,6 +1,8 @@
 //! Frames → rows. A batch of frames is first *planned* (decoded and
 //! turned into [`Op`]s, without side effects, so a failed transaction can
-//! be planned again), then *applied* in one transaction.
+//! be planned again), then *applied* in one transaction: in bulk
+//! (`super::bulk`, one statement per run of one kind) or, when the
+//! database rejects that, op by op with [`apply`].
 //!
 //! | frame | row |
 //! |---|---|
