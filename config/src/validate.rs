@@ -17,6 +17,15 @@ pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigEr
     let mut e = |key: &str, msg: String| errors.push(src.error(key, msg));
     if g.gateway_id.trim().is_empty() {
         e("gateway_id", "must not be empty".into());
+    } else {
+        // Stored as `gateway:<id>` in the seed's VARCHAR(255) columns.
+        max_chars(
+            &mut e,
+            "gateway_id",
+            Some(&g.gateway_id),
+            200,
+            "devices.gateway_id",
+        );
     }
     if g.wal.max_bytes == Some(0) {
         e(
@@ -276,6 +285,11 @@ fn tag(t: &TagConfig, base: &str, e: &mut impl FnMut(&str, String)) {
     }
     if !t.offset.is_finite() {
         e(&k("offset"), "must be a finite number".into());
+    }
+    for (key, v) in [("min_value", t.min_value), ("max_value", t.max_value)] {
+        if v.is_some_and(|v| !v.is_finite()) {
+            e(&k(key), "must be a finite number".into());
+        }
     }
     if let (Some(lo), Some(hi)) = (t.min_value, t.max_value) {
         if lo > hi {

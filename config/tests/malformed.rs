@@ -904,6 +904,28 @@ fn values_longer_than_the_seeds_columns() {
     Tree::with(GATEWAY, &a, DEV_B).ok();
 }
 
+#[test]
+fn non_finite_range_and_overlong_gateway_id() {
+    let a = edit(DEV_A, "min_value = 0.0", "min_value = nan");
+    let errs = Tree::with(GATEWAY, &a, DEV_B).errors();
+    expect(
+        &errs,
+        "devices/dev-a.toml",
+        "tags[0].min_value",
+        (11, 13),
+        "must be a finite number",
+    );
+    count(&errs, 1);
+    let gw = edit(
+        GATEWAY,
+        "gateway_id = \"test-gw\"",
+        &format!("gateway_id = \"{}\"", "g".repeat(201)),
+    );
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    expect(&errs, GW, "gateway_id", (1, 14), "at most 200");
+    count(&errs, 1);
+}
+
 // ---------------------------------------------------------------- alert rules
 
 #[test]

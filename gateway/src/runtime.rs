@@ -429,6 +429,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     // Shutdown: not ready → drivers → sinks (bounded) → cursors → bus.
+    // A reload asked for from now on is refused (503), not left waiting.
+    reload_rx.close();
     status.ready.store(false, Ordering::Release);
     notify(sd_notify::NotifyState::Stopping);
     let names: Vec<String> = rt.devices.keys().cloned().collect();

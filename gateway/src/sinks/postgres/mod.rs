@@ -117,17 +117,18 @@ fn transient(e: &sqlx::Error) -> bool {
             // now, 58 system error, 28 authentication; and the setup errors
             // below: an operator can fix them while the WAL holds the frames,
             // whereas skipping would lose every row of the batch.
-            ["08", "53", "57", "58", "28"].iter().any(|p| c.starts_with(p))
+            // Classes 42 (syntax, undefined objects, privileges), 55 (object
+            // state, e.g. lock timeouts), 0A (unsupported) and XX (internal)
+            // are about the database or the statement, never one row's data:
+            // skipping would drop the whole batch.
+            ["08", "53", "57", "58", "28", "42", "55", "0A", "XX"]
+                .iter()
+                .any(|p| c.starts_with(p))
                 || [
                     "40001", // serialization failure
                     "40P01", // deadlock
                     "3D000", // database missing (an operator may create it)
                     "25006", // read-only transaction (failed over to a standby)
-                    "42501", // privilege missing
-                    "42P01", // table missing (schema dropped under us)
-                    "42703", // column missing
-                    "42704", // type missing
-                    "42883", // function missing
                 ]
                 .contains(&c.as_ref())
         }),
@@ -264,39 +265,48 @@ async fn write(
     pool: &PgPool,
     gateway_id: &str,
     plan: &Plan,
-) -> Result<(u64, Vec<(u64, sqlx::Error)>), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    match bulk::apply_all(&mut tx, gateway_id, &plan.ops).await {
-        Ok(changed) => {
-            tx.commit().await?;
-            return Ok((changed, Vec::new()));
-        }
-        Err(e) if transient(&e) => return Err(e),
-        Err(e) => {
+    timeout: Duration,
+) -> Result<(u64, Vec<(u64, sqlx::Error)>), StoreError> {
+    let bulk = within(timeout, async {
+        let mut tx = pool.begin().await?;
+        let changed = bulk::apply_all(&mut tx, gateway_id, &plan.ops).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(changed)
+    })
+    .await;
+    match bulk {
+        Ok(changed) => return Ok((changed, Vec::new())),
+        Err(StoreError::Db(e)) if !transient(&e) => {
             warn!(error = %e, ops = plan.ops.len(), "PostgreSQL rejected a batch statement; writing the batch op by op to find the row");
-            drop(tx);
         }
+        Err(e) => return Err(e),
     }
-    // Careful pass: one savepoint per statement.
-    let mut tx = pool.begin().await?;
-    let mut changed = 0;
-    let mut rejected = Vec::new();
-    for p in &plan.ops {
-        let mut sp = sqlx::Connection::begin(&mut *tx).await?;
-        match writes::apply(&mut sp, gateway_id, &p.op).await {
-            Ok(n) => {
-                sp.commit().await?;
-                changed += n;
-            }
-            Err(e) if transient(&e) => return Err(e),
-            Err(e) => {
-                sp.rollback().await?;
-                rejected.push((p.seq, e));
+    // Careful pass: one savepoint per statement, three round trips per op,
+    // so it gets a deadline of its own that grows with the batch.
+    let ops = u32::try_from(plan.ops.len()).unwrap_or(u32::MAX);
+    let careful = timeout.saturating_add(Duration::from_millis(20).saturating_mul(ops));
+    within(careful, async {
+        let mut tx = pool.begin().await?;
+        let mut changed = 0;
+        let mut rejected = Vec::new();
+        for p in &plan.ops {
+            let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+            match writes::apply(&mut sp, gateway_id, &p.op).await {
+                Ok(n) => {
+                    sp.commit().await?;
+                    changed += n;
+                }
+                Err(e) if transient(&e) => return Err(e),
+                Err(e) => {
+                    sp.rollback().await?;
+                    rejected.push((p.seq, e));
+                }
             }
         }
-    }
-    tx.commit().await?;
-    Ok((changed, rejected))
+        tx.commit().await?;
+        Ok((changed, rejected))
+    })
+    .await
 }
 
 /// Runs the store until shutdown.
@@ -379,7 +389,7 @@ pub async fn run(ctx: SinkContext, cfg: PostgresSinkConfig) -> Result<(), SinkEr
         let plan = planner.plan(&frames, &st.ids);
         if !plan.ops.is_empty() {
             let started = std::time::Instant::now();
-            match within(cfg.timeout, write(&st.pool, &st.gateway_id, &plan)).await {
+            match write(&st.pool, &st.gateway_id, &plan, cfg.timeout).await {
                 Ok((changed, rejected)) => {
                     ctx.metrics
                         .sink_write_duration

@@ -118,6 +118,16 @@ fn us(ns: u64) -> i64 {
     i64::try_from(ns / 1000).unwrap_or(i64::MAX)
 }
 
+/// Microseconds after which PostgreSQL's `timestamptz` ends (year 294276;
+/// a little earlier here): later times are refused, not written.
+const MAX_US: i64 = 9_000_000_000_000_000;
+
+/// A string for a `VARCHAR(max)` column: NULs (which PostgreSQL text
+/// cannot hold) removed, cut to `max` characters.
+fn column(s: &str, max: usize) -> String {
+    s.chars().filter(|c| *c != '\0').take(max).collect()
+}
+
 /// The seed's `device_status` value of a driver's status string.
 fn device_status(s: &str) -> &'static str {
     match s {
@@ -223,6 +233,7 @@ impl Planner {
             .iter()
             .filter(|s| s.quality == Quality::Good as i32)
             .map(|s| us(s.source_ts_ns))
+            .filter(|at| *at < MAX_US)
             .max()
         else {
             return;
@@ -254,6 +265,12 @@ fn plan_event(seq: u64, e: EventFrame, ids: &Ids, plan: &mut Plan) {
     let Ok(kind) = EventKind::try_from(e.kind) else {
         return skip(plan, format!("unknown event kind {}", e.kind));
     };
+    if at_us >= MAX_US {
+        return skip(
+            plan,
+            format!("event time {} ns is beyond what PostgreSQL stores", e.event_ts_ns),
+        );
+    }
     let op = match kind {
         EventKind::DeviceStatusChanged => {
             let Some(device) = ids.device(&e.device_id) else {
@@ -310,7 +327,7 @@ fn plan_event(seq: u64, e: EventFrame, ids: &Ids, plan: &mut Plan) {
                     _ => AlertChange::Suppressed,
                 },
                 at_us,
-                by: e.attributes.get("by").cloned(),
+                by: e.attributes.get("by").map(|b| column(b, 255)),
             }
         }
         EventKind::CommandResult => {
@@ -331,7 +348,7 @@ fn plan_event(seq: u64, e: EventFrame, ids: &Ids, plan: &mut Plan) {
                     .attributes
                     .get("actor")
                     .or_else(|| e.attributes.get("origin"))
-                    .cloned(),
+                    .map(|a| column(a, 255)),
                 success: ok,
                 error_message: if ok {
                     None
@@ -371,7 +388,7 @@ fn plan_event(seq: u64, e: EventFrame, ids: &Ids, plan: &mut Plan) {
                 )),
                 client_ip: e.attributes.get("client_ip").cloned(),
                 user_agent: e.attributes.get("user_agent").cloned(),
-                actor: e.attributes.get("actor").cloned(),
+                actor: e.attributes.get("actor").map(|a| column(a, 255)),
                 success: ok,
                 error_message: if ok { None } else { non_empty(&e.message) },
                 at_us,
