@@ -173,6 +173,19 @@ const DRIVERS: &[(Protocol, &str, &str, &[&str])] = &[
     ),
 ];
 
+/// `ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c, … WHERE (table.c, …)
+/// IS DISTINCT FROM (EXCLUDED.c, …)`: an upsert that leaves a row whose
+/// `cols` did not change untouched (so its `updated_at` stays).
+fn on_conflict_update(table: &str, key: &str, cols: &[&str]) -> String {
+    let list = |f: &dyn Fn(&str) -> String| cols.iter().map(|c| f(c)).collect::<Vec<_>>().join(", ");
+    format!(
+        " ON CONFLICT ({key}) DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})",
+        list(&|c| format!("{c} = EXCLUDED.{c}")),
+        list(&|c| format!("{table}.{c}")),
+        list(&|c| format!("EXCLUDED.{c}")),
+    )
+}
+
 /// What a sync changed, for the log.
 #[derive(Debug, Default)]
 pub struct SyncReport {
@@ -241,13 +254,11 @@ async fn upsert_device(tx: &mut PgConnection, gw: &str, d: &DeviceConfig) -> Res
         d.endpoint.clone()
     };
     sqlx::query(
-        "INSERT INTO devices (gateway_id, name, description, protocol, location, endpoint, config, enabled, created_by, updated_by) \
-         VALUES ($1, $2, $3, $4::protocol_kind, $5, $6, $7, $8, $9, $9) \
-         ON CONFLICT (gateway_id, name) DO UPDATE SET description = EXCLUDED.description, \
-           protocol = EXCLUDED.protocol, location = EXCLUDED.location, endpoint = EXCLUDED.endpoint, \
-           config = EXCLUDED.config, enabled = EXCLUDED.enabled, updated_by = EXCLUDED.updated_by \
-         WHERE (devices.description, devices.protocol, devices.location, devices.endpoint, devices.config, devices.enabled) \
-           IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.protocol, EXCLUDED.location, EXCLUDED.endpoint, EXCLUDED.config, EXCLUDED.enabled)",
+        &format!(
+            "INSERT INTO devices (gateway_id, name, description, protocol, location, endpoint, config, enabled, created_by, updated_by) \
+         VALUES ($1, $2, $3, $4::protocol_kind, $5, $6, $7, $8, $9, $9){}",
+            on_conflict_update("devices", "gateway_id, name", &["description", "protocol", "location", "endpoint", "config", "enabled", "updated_by"])
+        ),
     )
     .bind(gw)
     .bind(&d.name)
@@ -274,23 +285,12 @@ async fn upsert_driver_config(
     device: Uuid,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO driver_configs (gateway_id, device_id, name, description, protocol, connection_type, enabled, config, \
+        &format!(
+            "INSERT INTO driver_configs (gateway_id, device_id, name, description, protocol, connection_type, enabled, config, \
            scan_interval, timeout, max_concurrent, batch_size, max_retries, retry_interval, exponential_backoff, max_retry_interval) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-         ON CONFLICT (gateway_id, name) DO UPDATE SET device_id = EXCLUDED.device_id, description = EXCLUDED.description, \
-           protocol = EXCLUDED.protocol, connection_type = EXCLUDED.connection_type, enabled = EXCLUDED.enabled, \
-           config = EXCLUDED.config, scan_interval = EXCLUDED.scan_interval, timeout = EXCLUDED.timeout, \
-           max_concurrent = EXCLUDED.max_concurrent, batch_size = EXCLUDED.batch_size, max_retries = EXCLUDED.max_retries, \
-           retry_interval = EXCLUDED.retry_interval, exponential_backoff = EXCLUDED.exponential_backoff, \
-           max_retry_interval = EXCLUDED.max_retry_interval \
-         WHERE (driver_configs.device_id, driver_configs.description, driver_configs.protocol, driver_configs.connection_type, \
-                driver_configs.enabled, driver_configs.config, driver_configs.scan_interval, driver_configs.timeout, \
-                driver_configs.max_concurrent, driver_configs.batch_size, driver_configs.max_retries, \
-                driver_configs.retry_interval, driver_configs.exponential_backoff, driver_configs.max_retry_interval) \
-           IS DISTINCT FROM (EXCLUDED.device_id, EXCLUDED.description, EXCLUDED.protocol, EXCLUDED.connection_type, \
-                EXCLUDED.enabled, EXCLUDED.config, EXCLUDED.scan_interval, EXCLUDED.timeout, EXCLUDED.max_concurrent, \
-                EXCLUDED.batch_size, EXCLUDED.max_retries, EXCLUDED.retry_interval, EXCLUDED.exponential_backoff, \
-                EXCLUDED.max_retry_interval)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16){}",
+            on_conflict_update("driver_configs", "gateway_id, name", &["device_id", "description", "protocol", "connection_type", "enabled", "config", "scan_interval", "timeout", "max_concurrent", "batch_size", "max_retries", "retry_interval", "exponential_backoff", "max_retry_interval"])
+        ),
     )
     .bind(gw)
     .bind(device)
@@ -355,24 +355,17 @@ async fn upsert_tags(
         }
     }
     sqlx::query(
-        "INSERT INTO tags (device_id, name, description, address, data_type, access_type, unit, scaling, tag_offset, \
+        &format!(
+            "INSERT INTO tags (device_id, name, description, address, data_type, access_type, unit, scaling, tag_offset, \
            min_value, max_value, deadband, scan_rate, enabled) \
          SELECT u.device_id, u.name, u.description, u.address, u.data_type::tag_data_type, u.access_type::tag_access, \
            u.unit, u.scaling, u.tag_offset, u.min_value, u.max_value, u.deadband, u.scan_rate, u.enabled \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
            $8::float8[], $9::float8[], $10::float8[], $11::float8[], $12::float8[], $13::int4[], $14::bool[]) \
            AS u(device_id, name, description, address, data_type, access_type, unit, scaling, tag_offset, \
-                min_value, max_value, deadband, scan_rate, enabled) \
-         ON CONFLICT (device_id, name) DO UPDATE SET description = EXCLUDED.description, address = EXCLUDED.address, \
-           data_type = EXCLUDED.data_type, access_type = EXCLUDED.access_type, unit = EXCLUDED.unit, \
-           scaling = EXCLUDED.scaling, tag_offset = EXCLUDED.tag_offset, min_value = EXCLUDED.min_value, \
-           max_value = EXCLUDED.max_value, deadband = EXCLUDED.deadband, scan_rate = EXCLUDED.scan_rate, \
-           enabled = EXCLUDED.enabled \
-         WHERE (tags.description, tags.address, tags.data_type, tags.access_type, tags.unit, tags.scaling, tags.tag_offset, \
-                tags.min_value, tags.max_value, tags.deadband, tags.scan_rate, tags.enabled) \
-           IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.address, EXCLUDED.data_type, EXCLUDED.access_type, \
-                EXCLUDED.unit, EXCLUDED.scaling, EXCLUDED.tag_offset, EXCLUDED.min_value, EXCLUDED.max_value, \
-                EXCLUDED.deadband, EXCLUDED.scan_rate, EXCLUDED.enabled)",
+                min_value, max_value, deadband, scan_rate, enabled){}",
+            on_conflict_update("tags", "device_id, name", &["description", "address", "data_type", "access_type", "unit", "scaling", "tag_offset", "min_value", "max_value", "deadband", "scan_rate", "enabled"])
+        ),
     )
     .bind(&dev)
     .bind(&name)
@@ -435,6 +428,7 @@ async fn upsert_rules(tx: &mut PgConnection, gw: &str, config: &Config) -> Resul
                 _ => format!("{subject} {}", r.op.as_str()),
             });
         sqlx::query(
+            &format!(
             "INSERT INTO alert_rules (gateway_id, name, description, device_id, tag_id, condition_expression, op, \
                threshold_value, threshold_high, threshold_low, level, eval_interval, eval_duration, cooldown_duration, \
                enabled, created_by) \
@@ -442,22 +436,9 @@ async fn upsert_rules(tx: &mut PgConnection, gw: &str, config: &Config) -> Resul
                make_interval(secs => $12), make_interval(secs => $13), make_interval(secs => $14), $15, $16 \
              FROM (SELECT 1) AS one \
              LEFT JOIN devices d ON d.gateway_id = $1 AND d.name = $4 \
-             LEFT JOIN tags t ON t.device_id = d.id AND t.name = $5 \
-             ON CONFLICT (gateway_id, name) DO UPDATE SET description = EXCLUDED.description, \
-               device_id = EXCLUDED.device_id, tag_id = EXCLUDED.tag_id, \
-               condition_expression = EXCLUDED.condition_expression, op = EXCLUDED.op, \
-               threshold_value = EXCLUDED.threshold_value, threshold_high = EXCLUDED.threshold_high, \
-               threshold_low = EXCLUDED.threshold_low, level = EXCLUDED.level, eval_interval = EXCLUDED.eval_interval, \
-               eval_duration = EXCLUDED.eval_duration, cooldown_duration = EXCLUDED.cooldown_duration, \
-               enabled = EXCLUDED.enabled \
-             WHERE (alert_rules.description, alert_rules.device_id, alert_rules.tag_id, alert_rules.condition_expression, \
-                    alert_rules.op, alert_rules.threshold_value, alert_rules.threshold_high, alert_rules.threshold_low, \
-                    alert_rules.level, alert_rules.eval_interval, alert_rules.eval_duration, \
-                    alert_rules.cooldown_duration, alert_rules.enabled) \
-               IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.device_id, EXCLUDED.tag_id, \
-                    EXCLUDED.condition_expression, EXCLUDED.op, EXCLUDED.threshold_value, EXCLUDED.threshold_high, \
-                    EXCLUDED.threshold_low, EXCLUDED.level, EXCLUDED.eval_interval, EXCLUDED.eval_duration, \
-                    EXCLUDED.cooldown_duration, EXCLUDED.enabled)",
+             LEFT JOIN tags t ON t.device_id = d.id AND t.name = $5{}",
+            on_conflict_update("alert_rules", "gateway_id, name", &["description", "device_id", "tag_id", "condition_expression", "op", "threshold_value", "threshold_high", "threshold_low", "level", "eval_interval", "eval_duration", "cooldown_duration", "enabled"])
+        ),
         )
         .bind(gw)
         .bind(&r.name)
