@@ -26,33 +26,20 @@ cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
 ensure_build_deps
 what="${1:-bus}"
+# bench_bin NAME DEFAULT_DIR ARGS…: builds like the tests and runs
+# tests/src/bin/NAME.rs against the release gateway binary.
+bench_bin() {
+    local name=$1 dir=$2
+    shift 2
+    cargo build --release --locked --workspace --all-targets
+    export BENCH_DIR="${BENCH_DIR:-$dir}"
+    "$CARGO_TARGET_DIR/release/$name" "$CARGO_TARGET_DIR/release/gateway" "$@"
+}
 case "$what" in
-    runtime)
-        shift
-        cargo build --release --locked --workspace --all-targets
-        export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-runtime-bench}"
-        "$CARGO_TARGET_DIR/release/runtime_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
-        ;;
-    modbus)
-        shift
-        cargo build --release --locked --workspace --all-targets
-        export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-modbus-bench}"
-        "$CARGO_TARGET_DIR/release/modbus_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
-        ;;
-    influx)
-        shift
-        ensure_influx_peers
-        cargo build --release --locked --workspace --all-targets
-        export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-influx-bench}"
-        "$CARGO_TARGET_DIR/release/influx_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
-        ;;
-    postgres)
-        shift
-        ensure_postgres
-        cargo build --release --locked --workspace --all-targets
-        export BENCH_DIR="${BENCH_DIR:-/var/tmp/gateway-pg-bench}"
-        "$CARGO_TARGET_DIR/release/pg_bench" "$CARGO_TARGET_DIR/release/gateway" "$@"
-        ;;
+    runtime)  shift; bench_bin runtime_bench /var/tmp/gateway-runtime-bench "$@" ;;
+    modbus)   shift; bench_bin modbus_bench /var/tmp/gateway-modbus-bench "$@" ;;
+    influx)   shift; ensure_influx_peers; bench_bin influx_bench /var/tmp/gateway-influx-bench "$@" ;;
+    postgres) shift; ensure_postgres; bench_bin pg_bench /var/tmp/gateway-pg-bench "$@" ;;
     bus)
         [ $# -gt 0 ] && shift
         export BENCH_DIR="${BENCH_DIR:-/var/tmp/frame-bus-bench}"
