@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::alert::AlertRuleConfig;
+use crate::alert::{AlertRuleConfig, AlertsConfig};
 use crate::units;
 
 /// Everything in `gateway.toml` (paths resolved against its directory).
@@ -23,6 +23,7 @@ pub struct GatewayConfig {
     pub http: HttpConfig,
     pub supervisor: SupervisorConfig,
     pub sinks: BTreeMap<String, SinkConfig>,
+    pub alerts: AlertsConfig,
     pub alert_rules: Vec<AlertRuleConfig>,
 }
 
@@ -161,6 +162,8 @@ pub enum SinkKind {
     /// `type = "postgres"`: configuration, device status, alert history and
     /// audit log in the seed's relational schema.
     Postgres(Box<crate::postgres::PostgresSinkConfig>),
+    /// `type = "webhook"`: alert notifications as HTTP POSTs.
+    Webhook(Box<crate::webhook::WebhookSinkConfig>),
 }
 
 impl SinkKind {
@@ -169,11 +172,12 @@ impl SinkKind {
             SinkKind::File(_) => "file",
             SinkKind::Influx(_) => "influxdb",
             SinkKind::Postgres(_) => "postgres",
+            SinkKind::Webhook(_) => "webhook",
         }
     }
 }
 
-pub(crate) const SINK_TYPES: &[&str] = &["file", "influxdb", "postgres"];
+pub(crate) const SINK_TYPES: &[&str] = &["file", "influxdb", "postgres", "webhook"];
 
 /// `type = "file"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -214,6 +218,8 @@ pub(crate) struct GatewayFile {
     pub http: HttpConfig,
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 fn d_data_dir() -> PathBuf {

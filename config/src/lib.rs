@@ -31,6 +31,7 @@
 mod alert;
 mod device;
 mod error;
+pub mod expression;
 mod gateway;
 mod influx;
 mod load;
@@ -39,10 +40,11 @@ mod postgres;
 mod simulator;
 pub mod units;
 mod validate;
+mod webhook;
 
 use std::path::{Path, PathBuf};
 
-pub use alert::{AlertLevel, AlertRuleConfig, CompareOp};
+pub use alert::{AlertLevel, AlertRuleConfig, AlertsConfig, CompareOp};
 pub use device::{
     Access, DataType, DeviceConfig, DriverOptions, Protocol, RetryPolicy, TagConfig, TagOptions,
 };
@@ -55,7 +57,8 @@ pub use load::EnvLookup;
 pub use modbus::{ByteOrder, ModbusDevice, ModbusPoint, ModbusTag, Parity, SerialSettings, Table};
 pub use postgres::{PostgresSinkConfig, SslMode};
 pub use simulator::{ConstantValue, Generator, SimulatorDevice, SimulatorTag};
-pub use validate::redact_url;
+pub use validate::{expr_kind, redact_url};
+pub use webhook::{WebhookEvent, WebhookSinkConfig};
 
 use load::{de, parse, read, split, table_value, take_array, take_tables, Source};
 
@@ -176,6 +179,14 @@ fn load_gateway(
                 errors,
             )
             .map(|c| SinkKind::Influx(Box::new(c))),
+            "webhook" => de(
+                &src,
+                table_value(vspan.clone(), rest),
+                &base,
+                Some(gateway::SINK_KEYS),
+                errors,
+            )
+            .map(|c| SinkKind::Webhook(Box::new(c))),
             "postgres" => de(
                 &src,
                 table_value(vspan, rest),
@@ -223,6 +234,7 @@ fn load_gateway(
             wal: f.wal,
             http: f.http,
             supervisor: f.supervisor,
+            alerts: f.alerts,
             sinks: sink_configs,
             alert_rules: alert_rules.into_iter().flatten().collect(),
         }),

@@ -86,6 +86,50 @@ impl Source {
     pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::at(&self.path, &self.text, self.spans.locate(key), key, message)
     }
+
+    /// An error at byte `offset` of string value `value` (found at `key`):
+    /// the line and column are that character's in the file when the TOML
+    /// string holds the value verbatim (no escapes, no `${ENV}`); otherwise
+    /// they are the value's, and the message shows the expression with a
+    /// caret under the character.
+    pub fn error_in_string(
+        &self,
+        key: &str,
+        value: &str,
+        offset: Option<usize>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let message = message.into();
+        let span = self.spans.locate(key);
+        if let (Some(span), Some(off)) = (&span, offset) {
+            let raw = self.text.get(span.clone()).unwrap_or("");
+            let body = raw
+                .strip_prefix("\"\"\"")
+                .or_else(|| raw.strip_prefix("'''"))
+                .or_else(|| raw.strip_prefix('"'))
+                .or_else(|| raw.strip_prefix('\''));
+            if let Some(body) = body.filter(|b| b.starts_with(value)) {
+                let at = span.start + (raw.len() - body.len()) + off.min(value.len());
+                return ConfigError::at(&self.path, &self.text, Some(at..at + 1), key, message);
+            }
+        }
+        match offset {
+            Some(off) => {
+                let col = value
+                    .get(..off.min(value.len()))
+                    .map_or(off, |p| p.chars().count());
+                let pad = " ".repeat(col);
+                self.error(
+                    key,
+                    format!(
+                        "{message}, at character {} of the expression:\n      {value}\n      {pad}^",
+                        col + 1
+                    ),
+                )
+            }
+            None => self.error(key, message),
+        }
+    }
 }
 
 /// Reads a file; unreadable → an error naming it.

@@ -53,6 +53,12 @@ pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigEr
     for (name, sink) in &g.sinks {
         let base = format!("sinks.{name}");
         check_name(&mut e, &base, name, "sink name");
+        if name == "alerts" {
+            e(
+                &base,
+                "the name `alerts` is the alert engine's consumer on the frame bus; choose another".into(),
+            );
+        }
         match &sink.kind {
             SinkKind::File(f) => {
                 if f.path.as_os_str().is_empty() {
@@ -127,6 +133,41 @@ pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigEr
                 if i.measurement.trim().is_empty() || i.event_measurement.trim().is_empty() {
                     e(&k("measurement"), "measurement names must not be empty".into());
                 }
+            }
+            SinkKind::Webhook(w) => {
+                let k = |key: &str| format!("{base}.{key}");
+                match w.url.split_once("://") {
+                    Some(("http", rest)) if !rest.is_empty() => {}
+                    Some(("https", _)) => e(
+                        &k("url"),
+                        "https is not supported by this build (no TLS); put a TLS proxy in front or use http on a trusted network".into(),
+                    ),
+                    _ => e(&k("url"), format!("{:?} is not an http:// URL", w.url)),
+                }
+                if w.events.is_empty() {
+                    e(
+                        &k("events"),
+                        "must name at least one of fired, resolved, acknowledged, suppressed".into(),
+                    );
+                }
+                for (h, v) in &w.headers {
+                    let valid_name = !h.is_empty()
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                    if !valid_name {
+                        e(
+                            &format!("{base}.headers.{h}"),
+                            format!("{h:?} is not a valid HTTP header name"),
+                        );
+                    } else if v.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                        e(
+                            &format!("{base}.headers.{h}"),
+                            "header values must not contain control characters".into(),
+                        );
+                    }
+                }
+                positive(&mut e, &k("timeout"), w.timeout);
+                positive(&mut e, &k("max_retry_interval"), w.max_retry_interval);
             }
             SinkKind::Postgres(p) => {
                 let k = |key: &str| format!("{base}.{key}");
@@ -538,39 +579,65 @@ pub(crate) fn rules(
     src: &Source,
     errors: &mut Vec<ConfigError>,
 ) {
-    let mut e = |key: &str, msg: String| errors.push(src.error(key, msg));
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, r) in rules.iter().enumerate() {
+        let mut e = |key: &str, msg: String| errors.push(src.error(key, msg));
         let k = |key: &str| format!("alert_rules[{i}].{key}");
+        let whole = format!("alert_rules[{i}]");
         check_name(&mut e, &k("name"), &r.name, "rule name");
+        max_chars(&mut e, &k("name"), Some(&r.name), 255, "alert_rules.name");
         if let Some(first) = seen.insert(r.name.as_str(), i) {
             e(
                 &k("name"),
                 format!("duplicate rule name {:?} (first at alert_rules[{first}])", r.name),
             );
         }
-        if r.op.is_range() {
-            match (r.threshold_low, r.threshold_high) {
+        match (r.op, &r.condition_expression, &r.tag) {
+            (None, None, _) => e(
+                &whole,
+                "`op` is required (GT, LT, GTE, LTE, EQ, NE, BETWEEN or NOT_BETWEEN)".into(),
+            ),
+            (Some(op), _, _) if op.is_range() => match (r.threshold_low, r.threshold_high) {
                 (Some(lo), Some(hi)) if lo > hi => e(
                     &k("threshold_low"),
                     format!("threshold_low {lo} is greater than threshold_high {hi}"),
                 ),
+                (Some(lo), Some(hi)) if !lo.is_finite() || !hi.is_finite() => {
+                    e(&k("threshold_low"), "thresholds must be finite numbers".into())
+                }
                 (Some(_), Some(_)) => {}
                 _ => e(
-                    &format!("alert_rules[{i}]"),
+                    &whole,
                     format!(
                         "{} needs both threshold_low and threshold_high (seed CHECK alert_rules_threshold_check)",
-                        r.op.as_str()
+                        op.as_str()
                     ),
                 ),
-            }
-        } else if r.threshold_value.is_none() {
-            e(
-                &format!("alert_rules[{i}]"),
-                format!(
-                    "{} needs threshold_value (seed CHECK alert_rules_threshold_check)",
-                    r.op.as_str()
+            },
+            (Some(op), _, _) => match r.threshold_value {
+                None => e(
+                    &whole,
+                    format!(
+                        "{} needs threshold_value (seed CHECK alert_rules_threshold_check)",
+                        op.as_str()
+                    ),
                 ),
+                Some(v) if !v.is_finite() => e(&k("threshold_value"), "must be a finite number".into()),
+                Some(_) => {}
+            },
+            (None, Some(_), _) => {
+                if r.threshold_value.is_some() || r.threshold_low.is_some() || r.threshold_high.is_some() {
+                    e(
+                        &whole,
+                        "thresholds need an `op`; without one the rule fires while the expression is true".into(),
+                    );
+                }
+            }
+        }
+        if r.tag.is_none() && r.condition_expression.is_none() {
+            e(
+                &whole,
+                "a rule needs `tag` (compare the tag's value) or `condition_expression`".into(),
             );
         }
         positive(&mut e, &k("eval_interval"), r.eval_interval);
@@ -580,28 +647,59 @@ pub(crate) fn rules(
                 "must be a positive duration (omit it to fire at once)".into(),
             );
         }
-        match devices.iter().find(|(d, _)| d.name == r.device) {
-            None => e(
+        let Some((d, _)) = devices.iter().find(|(d, _)| d.name == r.device) else {
+            e(
                 &k("device"),
                 format!(
                     "no device named {:?} (device names come from devices/*.toml)",
                     r.device
                 ),
-            ),
-            Some((d, _)) => {
-                if let Some(tag) = &r.tag {
-                    if d.tag(tag).is_none() {
-                        let names: Vec<&str> = d.tags.iter().map(|t| t.name.as_str()).collect();
-                        let hint = crate::load::closest(tag, &names)
-                            .map(|c| format!(" (did you mean {c:?}?)"))
-                            .unwrap_or_default();
-                        e(
-                            &k("tag"),
-                            format!("device {:?} has no tag named {tag:?}{hint}", d.name),
-                        );
-                    }
+            );
+            continue;
+        };
+        if let Some(tag) = &r.tag {
+            match d.tag(tag) {
+                None => {
+                    let names: Vec<&str> = d.tags.iter().map(|t| t.name.as_str()).collect();
+                    let hint = crate::load::closest(tag, &names)
+                        .map(|c| format!(" (did you mean {c:?}?)"))
+                        .unwrap_or_default();
+                    e(
+                        &k("tag"),
+                        format!("device {:?} has no tag named {tag:?}{hint}", d.name),
+                    );
                 }
+                Some(t) if r.condition_expression.is_none() && expr_kind(t.data_type).is_none() => e(
+                    &k("tag"),
+                    format!(
+                        "tag {tag:?} is {:?}; rules compare numeric or boolean tags",
+                        t.data_type
+                    ),
+                ),
+                Some(_) => {}
             }
         }
+        if let Some(x) = &r.condition_expression {
+            let kinds = |name: &str| d.tag(name).and_then(|t| expr_kind(t.data_type));
+            if let Err(err) = crate::expression::Expression::compile(x, &kinds) {
+                errors.push(src.error_in_string(
+                    &k("condition_expression"),
+                    x,
+                    err.offset,
+                    format!("{} (in device {:?})", err.message, d.name),
+                ));
+            }
+        }
+    }
+}
+
+/// How an expression sees a tag of this type (`None`: not usable).
+pub fn expr_kind(t: crate::DataType) -> Option<crate::expression::VarKind> {
+    if t == crate::DataType::Boolean {
+        Some(crate::expression::VarKind::Bool)
+    } else if t.is_numeric() {
+        Some(crate::expression::VarKind::Number)
+    } else {
+        None
     }
 }

@@ -271,7 +271,13 @@ fn demo_config_loads_with_defaults() {
         "{:?}",
         c.gateway.data_dir
     );
-    assert_eq!(c.gateway.alert_rules.len(), 2);
+    assert_eq!(c.gateway.alert_rules.len(), 3);
+    assert_eq!(
+        c.gateway.alert_rules[0].condition_expression.as_deref(),
+        Some("burner_on and water_temp > 90")
+    );
+    assert!(matches!(c.gateway.sinks["alert-hook"].kind, SinkKind::Webhook(_)));
+    assert_eq!(c.gateway.alerts.stale_after, Duration::from_secs(300));
     let boiler = c.device("boiler-1").unwrap();
     assert_eq!(boiler.tag("water_temp").unwrap().data_type, DataType::Double);
 }
@@ -1026,6 +1032,7 @@ fn duplicate_rule_names() {
             "op = \"LT\"\n",           // 26
             "threshold_value = 0.0\n", // 27
             "level = \"INFO\"\n",      // 28
+            "tag = \"temp\"\n",        // 29
         );
     let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
     let e = expect(
@@ -1049,6 +1056,7 @@ fn threshold_errors_in_the_second_rule_point_at_it() {
             "device = \"dev-a\"\n",   // 25
             "op = \"NOT_BETWEEN\"\n", // 26
             "level = \"INFO\"\n",     // 27
+            "tag = \"temp\"\n",       // 28
         );
     let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
     expect(
@@ -1247,4 +1255,120 @@ fn modbus_devices_sharing_a_port_must_agree_on_its_settings() {
         (3, 12),
         "addressed by `port",
     );
+}
+
+// ---------------------------------------------------------------- alert expressions and webhooks
+
+/// A rule on dev-a (tags `temp`, `count`) with `line` as its last line (29).
+fn expression_rule(line: &str) -> String {
+    GATEWAY.to_string()
+        + concat!(
+            "\n",                       // 22
+            "[[alert_rules]]\n",        // 23
+            "name = \"delta\"\n",       // 24
+            "device = \"dev-a\"\n",     // 25
+            "level = \"INFO\"\n",       // 26
+            "eval_interval = \"5s\"\n", // 27
+            "stale_after = \"0s\"\n",   // 28
+        )
+        + line
+        + "\n"
+}
+
+#[test]
+fn an_unknown_name_in_an_expression_points_at_that_character_of_the_file() {
+    let gw = expression_rule(r#"condition_expression = "temp - temperature > 5 and count > 1""#);
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    // `"` is column 24, the expression starts at 25, `temperature` 7 bytes later.
+    let e = expect(
+        &errs,
+        GW,
+        "alert_rules[1].condition_expression",
+        (29, 32),
+        "`temperature` is not a numeric or boolean tag of this device",
+    );
+    assert!(e.to_string().contains("^"), "{e}");
+    count(&errs, 1);
+}
+
+#[test]
+fn a_syntax_error_in_an_expression_points_into_it() {
+    let gw = expression_rule(r#"condition_expression = "(temp > 5 and count""#);
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    let e = errs
+        .iter()
+        .find(|e| e.key == "alert_rules[1].condition_expression")
+        .unwrap_or_else(|| panic!("{errs}"));
+    assert_eq!(e.line, Some(29), "{e}");
+    assert!(e.column.is_some_and(|c| c > 24), "inside the expression: {e}");
+    count(&errs, 1);
+}
+
+#[test]
+fn an_escaped_expression_is_located_in_the_message() {
+    // An escape in the TOML string: the file column cannot be exact, so the
+    // message shows the expression with a caret.
+    let gw = expression_rule(r#"condition_expression = "temp > 5 \u0061nd nope""#);
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    let e = expect(
+        &errs,
+        GW,
+        "alert_rules[1].condition_expression",
+        (29, 24),
+        "`nope`",
+    );
+    assert!(e.message.contains("at character 14 of the expression"), "{e}");
+}
+
+#[test]
+fn a_tag_rule_needs_op_and_an_expression_rule_without_op_takes_no_threshold() {
+    let gw = expression_rule("tag = \"temp\"");
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    expect(&errs, GW, "alert_rules[1]", (23, 1), "`op` is required");
+    count(&errs, 1);
+    let gw = expression_rule("condition_expression = \"temp > 5\"\nthreshold_value = 3.0");
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    expect(&errs, GW, "alert_rules[1]", (23, 1), "thresholds need an `op`");
+    count(&errs, 1);
+    // A valid expression rule loads, with NE 0 as its comparison.
+    let gw = expression_rule("condition_expression = \"temp - count > 5 and not (count == 3)\"");
+    let c = Tree::with(&gw, DEV_A, DEV_B).load().unwrap();
+    let r = &c.gateway.alert_rules[1];
+    assert_eq!(r.effective_op(), config::CompareOp::Ne);
+    assert_eq!(r.effective_threshold(), Some(0.0));
+    assert_eq!(r.stale_after, Some(Duration::ZERO));
+}
+
+#[test]
+fn webhook_sinks_are_checked() {
+    let gw = GATEWAY.to_string()
+        + concat!(
+            "\n",                                   // 22
+            "[sinks.hook]\n",                       // 23
+            "type = \"webhook\"\n",                 // 24
+            "url = \"https://example.com/x\"\n",    // 25
+            "min_level = \"CRITICAL\"\n",           // 26
+            "events = []\n",                        // 27
+            "headers = { \"Bad Name\" = \"x\" }\n", // 28
+        );
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    expect(&errs, GW, "sinks.hook.url", (25, 7), "https is not supported");
+    expect(&errs, GW, "sinks.hook.events", (27, 10), "at least one");
+    expect(
+        &errs,
+        GW,
+        "sinks.hook.headers.Bad Name",
+        (28, 11),
+        "is not a valid HTTP header name",
+    );
+    count(&errs, 3);
+    let gw = GATEWAY.to_string()
+        + "\n[sinks.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\nmin_level = \"CRITICAL\"\nheaders = { Authorization = \"Bearer t\" }\n\n[alerts]\nstale_after = \"1m\"\n";
+    let c = Tree::with(&gw, DEV_A, DEV_B).load().unwrap();
+    let SinkKind::Webhook(w) = &c.gateway.sinks["hook"].kind else {
+        panic!("not a webhook")
+    };
+    assert_eq!(w.min_level, config::AlertLevel::Critical);
+    assert_eq!(w.events.len(), 4);
+    assert_eq!(c.gateway.alerts.stale_after, Duration::from_secs(60));
 }

@@ -235,7 +235,7 @@ fn bench_reopen_after_crash(dir: &Path, frames: u64) -> Duration {
     // flush memtables, which is the state a SIGKILL leaves behind.
     {
         let opts = Options::default();
-        let db = DB::open_cf(&opts, dir, ["frames", "cursors", "meta"]).expect("raw open");
+        let db = DB::open_cf(&opts, dir, ["frames", "cursors", "state", "meta"]).expect("raw open");
         let cf = db.cf_handle("frames").expect("cf");
         let mut wb = WriteBatch::default();
         for k in 0..frames {

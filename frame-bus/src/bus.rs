@@ -10,11 +10,28 @@ use proto::{FrameEnvelope, FrameType};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::warn;
 
+use crate::keys;
 use crate::retention::{self, RetentionReport};
 use crate::stats::{BusStats, ConsumerStats};
 use crate::store::{self, CursorState, Shared};
-use crate::writer::{PublishRequest, Request, Writer};
+use crate::writer::{PublishRequest, Request, Txn, Writer};
 use crate::{BusConfig, BusError, StartFrom};
+
+/// One committed state entry: (key within the consumer's namespace, value).
+pub type StateEntry = (Vec<u8>, Vec<u8>);
+
+/// What [`FrameBus::commit`] writes atomically for a stateful consumer.
+#[derive(Debug, Default, Clone)]
+pub struct Commit {
+    /// New cursor position (every seq up to it is processed), or `None` to
+    /// leave the cursor where it is.
+    pub ack: Option<u64>,
+    /// State entries to put (`Some`) or delete (`None`), keyed within the
+    /// consumer's own namespace.
+    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Frames to publish (consecutive seqs, like `publish_batch`).
+    pub publish: Vec<(FrameType, Vec<u8>)>,
+}
 
 /// Seqs assigned to one publish call: `first..=last`, consecutive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +165,7 @@ impl FrameBus {
             let tx = self.sender()?;
             tx.send(Request::Publish(PublishRequest {
                 frames,
+                txn: None,
                 bytes,
                 enqueued,
                 reply,
@@ -158,6 +176,85 @@ impl FrameBus {
         let (result, frames) = rx.await.map_err(|_| BusError::Closed)?;
         drop(frames);
         result
+    }
+
+    /// One atomic step of a stateful consumer (the alert engine): publishes
+    /// `commit.publish`, writes `commit.state` under `consumer`'s prefix of
+    /// the `state` column family and moves its cursor to `commit.ack`, all
+    /// in one RocksDB write batch (fsynced per the sync mode). Either all of
+    /// it is durable when this returns `Ok`, or none of it is: a crash
+    /// replays from the previous commit's cursor with the previous commit's
+    /// state, so a consumer that derives its frames deterministically from
+    /// its input publishes each of them exactly once. Returns the seqs of
+    /// the published frames (`None` if there were none). The cursor never
+    /// moves backwards; `consumer` must be registered (subscribed once).
+    pub async fn commit(&self, consumer: &str, commit: Commit) -> Result<Option<SeqRange>, BusError> {
+        {
+            let sh = &self.inner.shared;
+            if !sh.cursors().contains_key(consumer) {
+                return Err(BusError::UnknownConsumer(consumer.to_string()));
+            }
+            if let Some(seq) = commit.ack {
+                let head = sh.head();
+                if seq > head {
+                    return Err(BusError::AckBeyondHead { seq, head });
+                }
+            }
+        }
+        if let Some((t, _)) = commit.publish.iter().find(|(t, _)| *t == FrameType::Unspecified) {
+            return Err(BusError::InvalidFrameType(*t as i32));
+        }
+        let enqueued = Instant::now();
+        let bytes = commit.publish.iter().map(|f| f.1.len()).sum::<usize>()
+            + commit
+                .state
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+        let n = commit.publish.len();
+        let frames = commit
+            .publish
+            .into_iter()
+            .map(|(t, d)| FrameEnvelope::new(0, 0, t, d))
+            .collect();
+        let (reply, rx) = oneshot::channel();
+        {
+            let tx = self.sender()?;
+            tx.send(Request::Publish(PublishRequest {
+                frames,
+                txn: Some(Txn {
+                    consumer: consumer.to_string(),
+                    ack: commit.ack,
+                    state: commit.state,
+                }),
+                bytes,
+                enqueued,
+                reply,
+            }))
+            .await
+            .map_err(|_| BusError::Closed)?;
+        }
+        let (result, frames) = rx.await.map_err(|_| BusError::Closed)?;
+        drop(frames);
+        result.map(|r| (n > 0).then_some(r))
+    }
+
+    /// Every state entry `consumer` committed (keys without the consumer
+    /// prefix), in key order. Read once at start-up by a stateful consumer.
+    pub fn load_state(&self, consumer: &str) -> Result<Vec<StateEntry>, BusError> {
+        let sh = &self.inner.shared;
+        let db = sh.db()?;
+        let (start, end) = keys::state_range(consumer);
+        let prefix = start.len();
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_lower_bound(start);
+        ro.set_iterate_upper_bound(end);
+        let mut out = Vec::new();
+        for item in db.iterator_cf_opt(store::cf(&db, keys::CF_STATE), ro, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| sh.storage_err(e))?;
+            out.push((k[prefix..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     /// Subscribes as `consumer`, resuming after its stored cursor. A consumer
@@ -226,8 +323,12 @@ impl FrameBus {
         }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(sh.config.sync.fsyncs());
-        db.delete_cf_opt(store::cf(&db, crate::keys::CF_CURSORS), consumer.as_bytes(), &wo)
-            .map_err(|e| sh.storage_err(e))?;
+        // The cursor and any committed state go together.
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_cf(store::cf(&db, keys::CF_CURSORS), consumer.as_bytes());
+        let (start, end) = keys::state_range(consumer);
+        batch.delete_range_cf(store::cf(&db, keys::CF_STATE), start, end);
+        db.write_opt(batch, &wo).map_err(|e| sh.storage_err(e))?;
         map.remove(consumer);
         Ok(true)
     }

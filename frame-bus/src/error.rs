@@ -48,6 +48,9 @@ pub enum BusError {
     /// Another live subscription already uses this consumer name.
     #[error("consumer {0:?} already has a live subscription")]
     ConsumerBusy(String),
+    /// `commit` named a consumer that never subscribed (or was removed).
+    #[error("unknown consumer {0:?}")]
+    UnknownConsumer(String),
     /// An acknowledgement named a sequence number that was never published.
     #[error("ack of seq {seq} beyond head {head}")]
     AckBeyondHead { seq: u64, head: u64 },

@@ -4,6 +4,9 @@
 //! * `frames`:  key `frame:{seq:020}` (26 ASCII bytes, so byte order = numeric order),
 //!   value = encoded `FrameEnvelope`.
 //! * `cursors`: key = consumer name (UTF-8), value = last acknowledged seq, u64 big-endian.
+//! * `state`:   key = consumer name, a 0x00 byte, then the consumer's own key;
+//!   value = the consumer's bytes (see [`crate::Commit`]). Consumer names hold
+//!   no control characters, so one consumer's keys never prefix another's.
 //! * `meta`:    key `format_version` (u64 BE, currently 1; a newer one is refused at open),
 //!   key `deleted_through`, value = u64 big-endian: every frame with a seq
 //!   at or below it was deleted (by acknowledgement or retention). It keeps sequence
@@ -13,6 +16,8 @@
 pub const CF_FRAMES: &str = "frames";
 /// Column family holding consumer cursors.
 pub const CF_CURSORS: &str = "cursors";
+/// Column family holding stateful consumers' state, written with their cursor.
+pub const CF_STATE: &str = "state";
 /// Column family holding bus metadata.
 pub const CF_META: &str = "meta";
 
@@ -55,6 +60,24 @@ pub fn parse_frame_key(key: &[u8]) -> Option<u64> {
     Some(n)
 }
 
+/// Key of `consumer`'s state entry `key` in the `state` column family.
+pub fn state_key(consumer: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(consumer.len() + 1 + key.len());
+    k.extend_from_slice(consumer.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+/// `[start, end)` covering every state key of `consumer`.
+pub(crate) fn state_range(consumer: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut start = consumer.as_bytes().to_vec();
+    let mut end = start.clone();
+    start.push(0);
+    end.push(1);
+    (start, end)
+}
+
 /// Encodes a u64 value (cursor, meta).
 pub(crate) fn encode_u64(v: u64) -> [u8; 8] {
     v.to_be_bytes()
@@ -93,6 +116,17 @@ mod tests {
         ] {
             assert_eq!(parse_frame_key(k), None, "{:?}", String::from_utf8_lossy(k));
         }
+    }
+
+    #[test]
+    fn state_keys_stay_inside_their_consumer_range() {
+        let (a0, a1) = state_range("alerts");
+        let k = state_key("alerts", b"rule/x");
+        assert!(a0 <= k && k < a1);
+        // A consumer whose name extends another's never falls in its range.
+        let other = state_key("alerts2", b"");
+        assert!(!(a0 <= other && other < a1));
+        assert_eq!(&state_key("c", b"k")[..], b"c\0k");
     }
 
     #[test]

@@ -8,12 +8,13 @@
 //!
 //! # On-disk layout
 //!
-//! One RocksDB instance in the bus directory, three column families:
+//! One RocksDB instance in the bus directory, four column families:
 //!
 //! | column family | key | value |
 //! |---|---|---|
 //! | `frames`  | `frame:{seq:020}` — 26 ASCII bytes, so byte order is seq order | encoded [`proto::FrameEnvelope`] (protobuf), `checksum` = CRC32 of `data` |
 //! | `cursors` | consumer name (UTF-8, ≤ 128 bytes) | last acknowledged seq, u64 big-endian |
+//! | `state`   | consumer name, `0x00`, the consumer's key | the consumer's bytes ([`FrameBus::commit`]) |
 //! | `meta`    | `deleted_through` | u64 big-endian: every seq ≤ it was deleted |
 //!
 //! Frames are LZ4-compressed in SST files; the RocksDB WAL is the durability
@@ -45,6 +46,12 @@
 //!    `cursor_flush_interval`. A restart resumes after the last *persisted*
 //!    cursor: delivery is at-least-once, and a frame not acknowledged is never
 //!    skipped (unless retention force-dropped it — counted, see 4).
+//!
+//!    **Stateful consumers.** [`FrameBus::commit`] writes frames to
+//!    publish, the consumer's state entries and its cursor in one write
+//!    batch: after a crash the consumer finds state and cursor from the same
+//!    commit, so replaying the frames after it yields the same output, which
+//!    was not yet published (exactly-once output for a deterministic consumer).
 //! 4. **Deletion.** A frame is deleted when every registered consumer's
 //!    persisted cursor is at or past it, or when a retention limit forces it
 //!    (`max_age`, default 24 h; `max_bytes`). Forced drops are counted per
@@ -106,7 +113,7 @@ mod store;
 mod subscription;
 mod writer;
 
-pub use bus::{FrameBus, SeqRange};
+pub use bus::{Commit, FrameBus, SeqRange, StateEntry};
 pub use config::{BusConfig, RetentionConfig, StartFrom, SyncMode};
 pub use error::BusError;
 pub use reader::{WalReader, WalRecord};
@@ -117,5 +124,5 @@ pub use subscription::Subscription;
 
 /// Names of the column families (for tools and tests that open the database directly).
 pub mod column_families {
-    pub use crate::keys::{CF_CURSORS as CURSORS, CF_FRAMES as FRAMES, CF_META as META};
+    pub use crate::keys::{CF_CURSORS as CURSORS, CF_FRAMES as FRAMES, CF_META as META, CF_STATE as STATE};
 }

@@ -53,6 +53,12 @@ impl WalReader {
         opts.create_if_missing(false);
         opts.create_missing_column_families(false);
         opts.set_max_open_files(-1);
+        // A bus written before the `state` family existed has only three.
+        let existing = DB::list_cf(&opts, &path).map_err(|e| BusError::from_rocksdb(e, &path))?;
+        let cfs: Vec<_> = cfs
+            .into_iter()
+            .filter(|d| existing.iter().any(|n| n == d.name()))
+            .collect();
         let db = DB::open_cf_descriptors_as_secondary(&opts, &path, &secondary, cfs)
             .map_err(|e| BusError::from_rocksdb(e, &path))?;
         Ok(WalReader { db, path, secondary })

@@ -16,7 +16,7 @@ use rocksdb::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::keys::{self, frame_key, parse_frame_key, CF_CURSORS, CF_FRAMES, CF_META};
+use crate::keys::{self, frame_key, parse_frame_key, CF_CURSORS, CF_FRAMES, CF_META, CF_STATE};
 use crate::stats::Counters;
 use crate::{BusConfig, BusError};
 
@@ -323,7 +323,7 @@ pub(crate) fn now_ns() -> u64 {
 }
 
 /// The exact RocksDB options the bus opens its database with (database
-/// options and the three column family descriptors). Public so benchmarks
+/// options and the four column family descriptors). Public so benchmarks
 /// and tools can open a database configured identically.
 pub fn rocksdb_options(config: &BusConfig) -> (Options, Vec<ColumnFamilyDescriptor>) {
     let mut db = Options::default();
@@ -351,6 +351,7 @@ pub fn rocksdb_options(config: &BusConfig) -> (Options, Vec<ColumnFamilyDescript
     let cfs = vec![
         ColumnFamilyDescriptor::new(CF_FRAMES, frames),
         ColumnFamilyDescriptor::new(CF_CURSORS, small.clone()),
+        ColumnFamilyDescriptor::new(CF_STATE, small.clone()),
         ColumnFamilyDescriptor::new(CF_META, small),
     ];
     (db, cfs)
@@ -398,7 +399,7 @@ pub(crate) fn open(
     Ok((shared, head_tx, head_rx))
 }
 
-/// Column family handle; the three families are created at open
+/// Column family handle; the four families are created at open
 /// (`create_missing_column_families`), so a missing one is a programming error.
 pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
     db.cf_handle(name).expect("column family created at open")

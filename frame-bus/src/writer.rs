@@ -27,13 +27,23 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
-use crate::keys::{encode_u64, frame_key, CF_CURSORS, CF_FRAMES};
+use crate::keys::{encode_u64, frame_key, state_key, CF_CURSORS, CF_FRAMES, CF_STATE};
 use crate::store::{cf, now_ns, Shared};
 use crate::{disk, BusError, SeqRange, SyncMode};
+
+/// A stateful consumer's part of a [`crate::Commit`]: written in the same
+/// batch as the request's frames.
+pub(crate) struct Txn {
+    pub consumer: String,
+    pub ack: Option<u64>,
+    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
 
 /// A publish call: frames already checksummed, seq/time filled by the writer.
 pub(crate) struct PublishRequest {
     pub frames: Vec<FrameEnvelope>,
+    /// Set for [`crate::FrameBus::commit`]; `None` for a plain publish.
+    pub txn: Option<Txn>,
     pub bytes: usize,
     pub enqueued: Instant,
     /// The frames travel back with the answer so the publisher's thread frees
@@ -110,7 +120,7 @@ impl Writer {
         }
         // A clean close flushes the memtables, so the next open has no WAL to replay.
         if let Ok(db) = self.shared.db() {
-            for name in [CF_FRAMES, CF_CURSORS, crate::keys::CF_META] {
+            for name in [CF_FRAMES, CF_CURSORS, CF_STATE, crate::keys::CF_META] {
                 if let Err(e) = db.flush_cf(cf(&db, name)) {
                     warn!(error = %e, cf = name, "flush at shutdown failed; the next open replays the WAL");
                     break;
@@ -299,15 +309,41 @@ impl Writer {
         }
         let new_head = ranges.last().map(|r| r.last);
         let mut cursor_updates = Vec::new();
+        let has_txn = publishes.iter().any(|p| p.txn.is_some());
         // Held across the write so `remove_consumer` cannot interleave and be undone.
         let _cursor_guard;
-        if sh.cursors_dirty.swap(false, Ordering::AcqRel) {
+        let dirty = sh.cursors_dirty.swap(false, Ordering::AcqRel);
+        if dirty || has_txn {
             _cursor_guard = sh.cursor_write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let cursors_cf = cf(&db, CF_CURSORS);
-            for (name, st) in sh.cursors().iter() {
-                if st.acked != st.persisted || st.needs_write {
-                    batch.put_cf(cursors_cf, name.as_bytes(), encode_u64(st.acked));
-                    cursor_updates.push((name.clone(), st.acked));
+            let map = sh.cursors();
+            if dirty {
+                for (name, st) in map.iter() {
+                    if st.acked != st.persisted || st.needs_write {
+                        batch.put_cf(cursors_cf, name.as_bytes(), encode_u64(st.acked));
+                        cursor_updates.push((name.clone(), st.acked));
+                    }
+                }
+            }
+            // Commits: state and cursor in the same batch as their frames. A
+            // consumer removed meanwhile gets neither (its keys are gone).
+            let state_cf = cf(&db, CF_STATE);
+            for txn in publishes.iter().filter_map(|p| p.txn.as_ref()) {
+                let Some(st) = map.get(&txn.consumer) else {
+                    continue;
+                };
+                for (key, value) in &txn.state {
+                    let k = state_key(&txn.consumer, key);
+                    match value {
+                        Some(v) => batch.put_cf(state_cf, k, v),
+                        None => batch.delete_cf(state_cf, k),
+                    }
+                }
+                if let Some(ack) = txn.ack {
+                    // Written after the dirty cursors, so this value wins.
+                    let at = ack.max(st.acked);
+                    batch.put_cf(cursors_cf, txn.consumer.as_bytes(), encode_u64(at));
+                    cursor_updates.push((txn.consumer.clone(), at));
                 }
             }
         }
@@ -318,7 +354,7 @@ impl Writer {
         let sync = sh.config.sync.fsyncs();
         wo.set_sync(sync);
         if let Err(e) = db.write_opt(batch, &wo) {
-            if !cursor_updates.is_empty() {
+            if dirty {
                 sh.cursors_dirty.store(true, Ordering::Release);
             }
             self.needs_reopen = true;
@@ -335,6 +371,7 @@ impl Writer {
             let mut map = sh.cursors();
             for (name, acked) in cursor_updates {
                 if let Some(st) = map.get_mut(&name) {
+                    st.acked = st.acked.max(acked);
                     st.persisted = st.persisted.max(acked);
                     if st.persisted >= st.acked {
                         st.needs_write = false;

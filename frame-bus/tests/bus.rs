@@ -528,3 +528,105 @@ async fn background_retention_deletes_acknowledged_frames_by_itself() {
         (30, 0)
     );
 }
+
+/// `commit`: frames, state and cursor land together and survive a reopen;
+/// a removed consumer loses its state with its cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_writes_frames_state_and_cursor_together() {
+    use frame_bus::Commit;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = open(dir.path());
+        publish_n(&bus, 1, 10, 10).await;
+        // Unknown consumers and acks beyond head are refused before anything is written.
+        assert!(matches!(
+            bus.commit("engine", Commit::default()).await,
+            Err(BusError::UnknownConsumer(_))
+        ));
+        let mut sub = bus.subscribe("engine", Some(StartFrom::Earliest)).unwrap();
+        assert!(matches!(
+            bus.commit(
+                "engine",
+                Commit {
+                    ack: Some(99),
+                    ..Commit::default()
+                }
+            )
+            .await,
+            Err(BusError::AckBeyondHead { .. })
+        ));
+        for _ in 0..4 {
+            sub.recv().await.unwrap();
+        }
+        let r = bus
+            .commit(
+                "engine",
+                Commit {
+                    ack: Some(4),
+                    state: vec![
+                        (b"rule/a".to_vec(), Some(b"pending".to_vec())),
+                        (b"rule/b".to_vec(), Some(b"active".to_vec())),
+                    ],
+                    publish: vec![(FrameType::Event, b"fired b".to_vec())],
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, Some(frame_bus::SeqRange { first: 11, last: 11 }));
+        // A later commit deletes one key and moves only the cursor.
+        let r = bus
+            .commit(
+                "engine",
+                Commit {
+                    ack: Some(6),
+                    state: vec![(b"rule/a".to_vec(), None)],
+                    publish: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, None);
+        // Another consumer's state is separate.
+        let _other = bus.subscribe("engine2", None).unwrap();
+        bus.commit(
+            "engine2",
+            Commit {
+                state: vec![(b"rule/a".to_vec(), Some(b"x".to_vec()))],
+                ..Commit::default()
+            },
+        )
+        .await
+        .unwrap();
+        let st = bus.stats();
+        let c = st.consumers.iter().find(|c| c.name == "engine").unwrap();
+        assert_eq!(
+            (c.cursor, c.persisted_cursor),
+            (6, 6),
+            "commit persists the cursor at once"
+        );
+        drop(sub);
+        bus.close();
+    }
+    let bus = open(dir.path());
+    assert_eq!(
+        bus.load_state("engine").unwrap(),
+        vec![(b"rule/b".to_vec(), b"active".to_vec())]
+    );
+    assert_eq!(
+        bus.load_state("engine2").unwrap(),
+        vec![(b"rule/a".to_vec(), b"x".to_vec())]
+    );
+    let mut sub = bus.subscribe("engine", None).unwrap();
+    assert_eq!(
+        sub.recv().await.unwrap().sequence_id,
+        7,
+        "resumes after the committed cursor"
+    );
+    drop(sub);
+    assert!(bus.remove_consumer("engine").unwrap());
+    assert!(
+        bus.load_state("engine").unwrap().is_empty(),
+        "state goes with the cursor"
+    );
+    assert_eq!(bus.load_state("engine2").unwrap().len(), 1);
+}

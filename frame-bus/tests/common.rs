@@ -50,6 +50,7 @@ pub fn raw_db(dir: &Path) -> rocksdb::DB {
         [
             frame_bus::column_families::FRAMES,
             frame_bus::column_families::CURSORS,
+            frame_bus::column_families::STATE,
             frame_bus::column_families::META,
         ],
     )

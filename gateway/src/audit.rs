@@ -5,6 +5,8 @@
 //!
 //! - A tag write is recorded by its `COMMAND_RESULT` event (see
 //!   [`crate::commands`]), which carries the actor's attributes.
+//! - Alert actions (acknowledge, suppress, unsuppress) are `AUDIT` events
+//!   the alert engine commits together with their effect ([`crate::alerts`]).
 //! - Any other action (a configuration reload, …) is an `AUDIT` event:
 //!   attributes `action`, `resource_type`, `resource`, `actor` (plus
 //!   `client_ip`, `user_agent` for HTTP), `status` "ok" or "error",
@@ -57,9 +59,8 @@ pub struct Action<'a> {
     pub details: Vec<(String, String)>,
 }
 
-/// Publishes an `AUDIT` event. A bus that refuses it (disk full) is logged:
-/// the action itself already happened and is not undone.
-pub async fn record(bus: &FrameBus, actor: &Actor, a: Action<'_>) {
+/// The `AUDIT` event recording `a` by `actor`.
+pub fn event(actor: &Actor, a: Action<'_>) -> EventFrame {
     let mut attributes: HashMap<String, String> = a.details.into_iter().collect();
     attributes.insert("action".into(), a.action.into());
     attributes.insert("resource_type".into(), a.resource_type.into());
@@ -69,7 +70,7 @@ pub async fn record(bus: &FrameBus, actor: &Actor, a: Action<'_>) {
         Ok(()) => ("ok", String::new()),
         Err(m) => ("error", m.clone()),
     };
-    let event = EventFrame {
+    EventFrame {
         event_id: uuid::Uuid::new_v4().to_string(),
         kind: EventKind::Audit as i32,
         status: status.into(),
@@ -77,8 +78,15 @@ pub async fn record(bus: &FrameBus, actor: &Actor, a: Action<'_>) {
         event_ts_ns: crate::now_ns(),
         attributes,
         ..EventFrame::default()
-    };
-    if let Err(e) = bus.publish(FrameType::Event, event.encode_to_vec()).await {
-        tracing::warn!(action = a.action, error = %e, "recording an audit event on the bus failed");
+    }
+}
+
+/// Publishes an `AUDIT` event. A bus that refuses it (disk full) is logged:
+/// the action itself already happened and is not undone.
+pub async fn record(bus: &FrameBus, actor: &Actor, a: Action<'_>) {
+    let action = a.action;
+    let e = event(actor, a);
+    if let Err(e) = bus.publish(FrameType::Event, e.encode_to_vec()).await {
+        tracing::warn!(action, error = %e, "recording an audit event on the bus failed");
     }
 }

@@ -52,6 +52,7 @@ pub fn run(path: &Path, plan: bool) -> Result<(), Failure> {
             SinkKind::File(f) => f.path.display().to_string(),
             SinkKind::Influx(i) => format!("{} ({:?})", i.url, i.api),
             SinkKind::Postgres(p) => config::redact_url(&p.url),
+            SinkKind::Webhook(w) => format!("{} (>= {})", w.url, w.min_level.as_str()),
         };
         println!(
             "  {:<20} {:<10} {}{}",
@@ -63,17 +64,20 @@ pub fn run(path: &Path, plan: bool) -> Result<(), Failure> {
     }
     println!("alert rules  {}", g.alert_rules.len());
     for r in &g.alert_rules {
-        let threshold = match (r.threshold_value, r.threshold_low, r.threshold_high) {
+        let threshold = match (r.effective_threshold(), r.threshold_low, r.threshold_high) {
             (Some(v), _, _) => v.to_string(),
             (None, Some(lo), Some(hi)) => format!("{lo}..{hi}"),
             _ => String::new(),
         };
+        let subject = match &r.condition_expression {
+            Some(x) => format!("{}: ({x})", r.device),
+            None => format!("{}.{}", r.device, r.tag.as_deref().unwrap_or("*")),
+        };
         println!(
-            "  {:<20} {}.{} {} {} {}",
+            "  {:<20} {} {} {} {}",
             r.name,
-            r.device,
-            r.tag.as_deref().unwrap_or("*"),
-            r.op.as_str(),
+            subject,
+            r.effective_op().as_str(),
             threshold,
             r.level.as_str()
         );

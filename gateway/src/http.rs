@@ -8,6 +8,13 @@
 //! errors). Both are recorded in the audit trail ([`crate::audit`]). When `[http] token` is set,
 //! `/api/*` requires `Authorization: Bearer <token>`; metrics and health
 //! stay open (bind to loopback, the default, to keep them local).
+//!
+//! Alerts (always need a token; 403 while `[http] token` is unset):
+//! `GET /api/v1/alerts` (open alerts), `GET /api/v1/alerts/rules` (each
+//! rule's state), `POST /api/v1/alerts/{id}/ack` with `{"by": "…"}`,
+//! `POST /api/v1/alerts/rules/{rule}/suppress` with `{"by": "…",
+//! "duration": "2h", "reason": "…"}` (duration and reason optional) and
+//! `POST /api/v1/alerts/rules/{rule}/unsuppress` with `{"by": "…"}`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use frame_bus::FrameBus;
 
+use crate::alerts::{self, RequestError};
 use crate::audit::Actor;
 use crate::commands::{self, CommandError, Writers};
 use crate::metrics::Metrics;
@@ -39,10 +47,20 @@ pub struct AppState {
     pub writers: Arc<Writers>,
     /// Reload requests to the runtime's main loop.
     pub reload: tokio::sync::mpsc::Sender<ReloadRequest>,
+    /// Requests to the alert engine.
+    pub alerts: alerts::Handle,
 }
 
 pub fn router(state: AppState) -> Router {
+    let alert_api = Router::new()
+        .route("/api/v1/alerts", get(list_alerts))
+        .route("/api/v1/alerts/rules", get(list_rules))
+        .route("/api/v1/alerts/{id}/ack", post(ack))
+        .route("/api/v1/alerts/rules/{rule}/suppress", post(suppress))
+        .route("/api/v1/alerts/rules/{rule}/unsuppress", post(unsuppress))
+        .route_layer(middleware::from_fn_with_state(state.clone(), token_configured));
     let api = Router::new()
+        .merge(alert_api)
         .route("/api/v1/status", get(status))
         .route("/api/v1/devices/{device}/tags/{tag}/write", post(write))
         .route("/api/v1/reload", post(reload))
@@ -234,5 +252,191 @@ async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
             "missing or wrong bearer token\n",
         )
             .into_response(),
+    }
+}
+
+/// Alert actions need a configured token: an open API must not let anyone
+/// on the network silence alarms.
+async fn token_configured(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if s.token.is_none() {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(
+                serde_json::json!({"error": "alert endpoints need `[http] token` to be set in gateway.toml"}),
+            ),
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn engine_down() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"error": "the alert engine is not running (starting, restarting or shutting down)"})),
+    )
+        .into_response()
+}
+
+async fn list_alerts(State(s): State<AppState>) -> Response {
+    match s.alerts.ask(alerts::Request::List).await {
+        Some(list) => Json(serde_json::json!({"alerts": list})).into_response(),
+        None => engine_down(),
+    }
+}
+
+async fn list_rules(State(s): State<AppState>) -> Response {
+    match s.alerts.ask(alerts::Request::Rules).await {
+        Some(list) => Json(serde_json::json!({"rules": list})).into_response(),
+        None => engine_down(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ByBody {
+    by: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuppressBody {
+    by: String,
+    #[serde(default)]
+    duration: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn bad_request(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": msg}))).into_response()
+}
+
+/// `by` names a person or system: 1..=255 characters, no control
+/// characters. `Err` is the 400 answer's message.
+fn check_by(by: &str) -> Result<String, String> {
+    let by = by.trim();
+    if by.is_empty() || by.chars().count() > 255 || by.chars().any(char::is_control) {
+        return Err("`by` must name who acts: 1 to 255 characters, no control characters".into());
+    }
+    Ok(by.to_string())
+}
+
+fn action_error(e: RequestError) -> Response {
+    use crate::alerts::engine::ActionError as A;
+    let code = match &e {
+        RequestError::Action(A::UnknownAlert(_) | A::UnknownRule(_)) => StatusCode::NOT_FOUND,
+        RequestError::Action(A::AlreadyAcknowledged { .. }) => StatusCode::CONFLICT,
+        RequestError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, Json(serde_json::json!({"error": e.to_string()}))).into_response()
+}
+
+async fn ack(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<ByBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let by = match body {
+        Ok(Json(b)) => match check_by(&b.by) {
+            Ok(by) => by,
+            Err(m) => return bad_request(m),
+        },
+        Err(e) => return bad_request(format!("expected {{\"by\": \"who\"}}: {e}")),
+    };
+    let actor = actor(peer, &headers);
+    match s
+        .alerts
+        .ask(|reply| alerts::Request::Acknowledge { id, by, actor, reply })
+        .await
+    {
+        None => engine_down(),
+        Some(Ok(alert)) => {
+            Json(serde_json::json!({"status": "acknowledged", "alert": alert})).into_response()
+        }
+        Some(Err(e)) => action_error(e),
+    }
+}
+
+async fn suppress(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(rule): Path<String>,
+    body: Result<Json<SuppressBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let b = match body {
+        Ok(Json(b)) => b,
+        Err(e) => {
+            return bad_request(format!(
+                "expected {{\"by\": \"who\", \"duration\": \"2h\", \"reason\": \"…\"}}: {e}"
+            ))
+        }
+    };
+    let by = match check_by(&b.by) {
+        Ok(by) => by,
+        Err(m) => return bad_request(m),
+    };
+    let duration = match b.duration.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        Some(_) => {
+            return bad_request("`duration` must be a positive duration such as \"30m\" or \"2h\"".into())
+        }
+    };
+    let reason = b
+        .reason
+        .map(|r| r.chars().filter(|c| !c.is_control()).take(1000).collect());
+    let actor = actor(peer, &headers);
+    match s
+        .alerts
+        .ask(|reply| alerts::Request::Suppress {
+            rule,
+            by,
+            duration,
+            reason,
+            actor,
+            reply,
+        })
+        .await
+    {
+        None => engine_down(),
+        Some(Ok(closed)) => {
+            Json(serde_json::json!({"status": "suppressed", "closed_alerts": closed})).into_response()
+        }
+        Some(Err(e)) => action_error(e),
+    }
+}
+
+async fn unsuppress(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(rule): Path<String>,
+    body: Result<Json<ByBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let by = match body {
+        Ok(Json(b)) => match check_by(&b.by) {
+            Ok(by) => by,
+            Err(m) => return bad_request(m),
+        },
+        Err(e) => return bad_request(format!("expected {{\"by\": \"who\"}}: {e}")),
+    };
+    let actor = actor(peer, &headers);
+    match s
+        .alerts
+        .ask(|reply| alerts::Request::Unsuppress {
+            rule,
+            by,
+            actor,
+            reply,
+        })
+        .await
+    {
+        None => engine_down(),
+        Some(Ok(was)) => Json(serde_json::json!({"status": "active", "was_suppressed": was})).into_response(),
+        Some(Err(e)) => action_error(e),
     }
 }

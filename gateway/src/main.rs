@@ -4,6 +4,7 @@
 //! `dead-letter list|replay`, `db migrate|status`.
 //! Exit codes: 0 success, 2 configuration (or usage) error, 1 runtime failure.
 
+mod alerts;
 mod audit;
 mod check;
 mod commands;

@@ -33,6 +33,11 @@
 //! | `gateway_sink_up` | gauge | sink (PostgreSQL store: 1 while it can write, 0 while it retries) |
 //! | `gateway_sink_write_duration_seconds` | histogram | sink (one write request of the InfluxDB sink, one batch transaction of the PostgreSQL store) |
 //! | `gateway_config_reloads_total` | counter | result = ok, error |
+//! | `gateway_alert_evaluations_total` | counter | (rule conditions evaluated, on samples and on ticks) |
+//! | `gateway_alert_eval_errors_total` | counter | (expressions that failed at run time, e.g. a type error in a branch the load-time check did not reach, or a NaN result) |
+//! | `gateway_alerts_active` | gauge | level (open alerts: fired, not resolved or suppressed) |
+//! | `gateway_alerts_fired_total`, `gateway_alerts_resolved_total` | counter | level |
+//! | `gateway_notifications_total` | counter | sink, result = sent, failed, rejected (webhook requests) |
 //! | `gateway_build_info` | info | version |
 
 use std::sync::Arc;
@@ -83,6 +88,17 @@ pub struct SinkCauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabel {
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkResultLabels {
+    pub sink: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
 }
@@ -115,6 +131,12 @@ pub struct Metrics {
     pub sink_up: Family<SinkLabel, Gauge>,
     pub sink_write_duration: HistogramFamily<SinkLabel>,
     pub config_reloads: Family<ResultLabel, Counter>,
+    pub alert_evaluations: Counter,
+    pub alert_eval_errors: Counter,
+    pub alerts_active: Family<LevelLabel, Gauge>,
+    pub alerts_fired: Family<LevelLabel, Counter>,
+    pub alerts_resolved: Family<LevelLabel, Counter>,
+    pub notifications: Family<SinkResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -138,7 +160,45 @@ impl Metrics {
         let sink_up = Family::<SinkLabel, Gauge>::default();
         let sink_write_duration: HistogramFamily<SinkLabel> = Family::new_with_constructor(poll_histogram);
         let config_reloads = Family::<ResultLabel, Counter>::default();
+        let alert_evaluations = Counter::default();
+        let alert_eval_errors = Counter::default();
+        let alerts_active = Family::<LevelLabel, Gauge>::default();
+        let alerts_fired = Family::<LevelLabel, Counter>::default();
+        let alerts_resolved = Family::<LevelLabel, Counter>::default();
+        let notifications = Family::<SinkResultLabels, Counter>::default();
+        for level in ["INFO", "WARNING", "CRITICAL", "FATAL"] {
+            let l = LevelLabel { level: level.into() };
+            let _ = alerts_active.get_or_create(&l);
+            let _ = alerts_fired.get_or_create(&l);
+            let _ = alerts_resolved.get_or_create(&l);
+        }
         let r = &mut registry;
+        r.register(
+            "alert_evaluations",
+            "Alert rule conditions evaluated (on samples and on ticks)",
+            alert_evaluations.clone(),
+        );
+        r.register(
+            "alert_eval_errors",
+            "Alert expressions that failed at run time or gave NaN (no evidence: the rule does not move for that sample)",
+            alert_eval_errors.clone(),
+        );
+        r.register(
+            "alerts_active",
+            "Open alerts (fired, not yet resolved or suppressed) by level",
+            alerts_active.clone(),
+        );
+        r.register("alerts_fired", "Alerts fired by level", alerts_fired.clone());
+        r.register(
+            "alerts_resolved",
+            "Alerts resolved by level",
+            alerts_resolved.clone(),
+        );
+        r.register(
+            "notifications",
+            "Webhook notification requests by sink and result (sent; failed = will be retried; rejected = 4xx, skipped)",
+            notifications.clone(),
+        );
         r.register(
             "samples_published",
             "Samples appended to the frame bus, by device",
@@ -258,6 +318,12 @@ impl Metrics {
             sink_up,
             sink_write_duration,
             config_reloads,
+            alert_evaluations,
+            alert_eval_errors,
+            alerts_active,
+            alerts_fired,
+            alerts_resolved,
+            notifications,
         })
     }
 

@@ -6,7 +6,8 @@
 //!   and acknowledge it, cursors are persisted, the bus is closed, exit 0.
 //! - `SIGHUP`: the configuration is loaded again; devices whose config
 //!   changed are restarted, removed ones stopped, new ones started, and
-//!   the others keep running untouched. A configuration with errors is
+//!   the others keep running untouched; alert rules and `[alerts]` are
+//!   replaced (rules keep their state by name). A configuration with errors is
 //!   rejected as a whole (logged, `gateway_config_reloads_total{result="error"}`).
 //!   `POST /api/v1/reload` does the same and answers with the outcome;
 //!   either way the reload is recorded in the audit trail, and the new
@@ -222,13 +223,18 @@ impl Runtime {
                 return Err(errors.iter().map(|e| e.to_string()).collect());
             }
         };
-        if new.gateway != self.config.gateway {
-            warn!("gateway.toml changed; [wal], [http], [sinks], [supervisor] and alert rules apply on the next restart (devices are reloaded now)");
+        let mut rest_old = self.config.gateway.clone();
+        rest_old.alert_rules = new.gateway.alert_rules.clone();
+        rest_old.alerts = new.gateway.alerts.clone();
+        if new.gateway != rest_old {
+            warn!("gateway.toml changed; [wal], [http], [sinks] and [supervisor] apply on the next restart (devices and alert rules are reloaded now)");
         }
-        // Mirrors (the PostgreSQL store) see the new device set before any
-        // frame of a new device can reach the bus.
+        // Mirrors (the PostgreSQL store) and the alert engine see the new
+        // devices and rules before any frame of a new device can reach the bus.
         let mut running = self.config.clone();
         running.devices = new.devices.clone();
+        running.gateway.alert_rules = new.gateway.alert_rules.clone();
+        running.gateway.alerts = new.gateway.alerts.clone();
         self.running.send_replace(Arc::new(running));
         let old_names: Vec<String> = self.devices.keys().cloned().collect();
         let mut restarted = Vec::new();
@@ -262,6 +268,8 @@ impl Runtime {
             .inc();
         self.device_index.update(&new.devices);
         self.config.devices = new.devices;
+        self.config.gateway.alert_rules = new.gateway.alert_rules;
+        self.config.gateway.alerts = new.gateway.alerts;
         Ok(restarted)
     }
 }
@@ -299,7 +307,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let writers = Arc::new(crate::commands::Writers::default());
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
+    let (alerts_handle, alert_requests) = crate::alerts::Handle::new();
     let app = crate::http::router(crate::http::AppState {
+        alerts: alerts_handle,
         reload: reload_tx,
         writers: writers.clone(),
         gateway_id: g.gateway_id.clone(),
@@ -374,8 +384,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sink_tasks.push(handle);
     }
 
+    // The alert engine: a bus consumer like the sinks, stopped with them.
+    {
+        let ctx = crate::alerts::EngineContext {
+            gateway_id: g.gateway_id.clone(),
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+            config: running_rx.clone(),
+            shutdown: sink_stop_rx.clone(),
+            requests: alert_requests,
+        };
+        let handle = supervise(
+            "alerts".to_string(),
+            "alerts",
+            backoff.clone(),
+            metrics.clone(),
+            sink_stop_rx.clone(),
+            || {},
+            move || crate::alerts::run(ctx.clone()),
+        );
+        sink_tasks.push(handle);
+    }
+
     for c in bus.stats().consumers {
-        if !g.sinks.get(&c.name).is_some_and(|s| s.enabled) {
+        if c.name != crate::alerts::CONSUMER && !g.sinks.get(&c.name).is_some_and(|s| s.enabled) {
             warn!(
                 consumer = c.name,
                 lag = c.lag,

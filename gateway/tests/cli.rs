@@ -69,7 +69,12 @@ fn check_accepts_the_demo_and_prints_a_summary() {
         "{stdout}"
     );
     assert!(stdout.contains("archive") && stdout.contains("file"), "{stdout}");
-    assert!(stdout.contains("alert rules  2"), "{stdout}");
+    assert!(stdout.contains("alert rules  3"), "{stdout}");
+    assert!(stdout.contains("burner_on and water_temp > 90"), "{stdout}");
+    assert!(
+        stdout.contains("alert-hook") && stdout.contains("webhook"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@
 pub mod file;
 pub mod influx;
 pub mod postgres;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -65,5 +66,6 @@ pub async fn run(
         }
         SinkKind::Influx(i) => influx::run(ctx, *i, index, data_dir).await,
         SinkKind::Postgres(p) => postgres::run(ctx, *p).await,
+        SinkKind::Webhook(w) => webhook::run(ctx, *w).await,
     }
 }

@@ -414,18 +414,19 @@ async fn upsert_rules(tx: &mut PgConnection, gw: &str, config: &Config) -> Resul
         // Only the thresholds the operator uses are stored, and a rule
         // without an expression is stored with the one it means.
         let subject = r.tag.as_deref().unwrap_or(&r.device);
-        let (value, low, high) = if r.op.is_range() {
+        let op = r.effective_op();
+        let (value, low, high) = if op.is_range() {
             (None, r.threshold_low, r.threshold_high)
         } else {
-            (r.threshold_value, None, None)
+            (r.effective_threshold(), None, None)
         };
         let expression = r
             .condition_expression
             .clone()
             .unwrap_or_else(|| match (value, low, high) {
-                (_, Some(lo), Some(hi)) => format!("{subject} {} {lo} AND {hi}", r.op.as_str()),
-                (Some(v), _, _) => format!("{subject} {} {v}", r.op.as_str()),
-                _ => format!("{subject} {}", r.op.as_str()),
+                (_, Some(lo), Some(hi)) => format!("{subject} {} {lo} AND {hi}", op.as_str()),
+                (Some(v), _, _) => format!("{subject} {} {v}", op.as_str()),
+                _ => format!("{subject} {}", op.as_str()),
             });
         sqlx::query(
             &format!(
@@ -446,7 +447,7 @@ async fn upsert_rules(tx: &mut PgConnection, gw: &str, config: &Config) -> Resul
         .bind(&r.device)
         .bind(&r.tag)
         .bind(&expression)
-        .bind(r.op.as_str())
+        .bind(op.as_str())
         .bind(value)
         .bind(high)
         .bind(low)
