@@ -20,6 +20,9 @@
 #                                    alert and audit events into the machine's
 #                                    PostgreSQL vs a raw bulk writer
 #                                    (tests/src/bin/pg_bench.rs)
+#   scripts/bench.sh alerts          the real gateway at 100k samples/s without alert
+#                                    rules (baseline) and with 10 000 tag rules or
+#                                    1 000 expression rules (tests/src/bin/alert_bench.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/common.sh
@@ -40,6 +43,7 @@ case "$what" in
     modbus)   shift; bench_bin modbus_bench /var/tmp/gateway-modbus-bench "$@" ;;
     influx)   shift; ensure_influx_peers; bench_bin influx_bench /var/tmp/gateway-influx-bench "$@" ;;
     postgres) shift; ensure_postgres; bench_bin pg_bench /var/tmp/gateway-pg-bench "$@" ;;
+    alerts)   shift; bench_bin alert_bench /var/tmp/gateway-alert-bench "$@" ;;
     bus)
         [ $# -gt 0 ] && shift
         export BENCH_DIR="${BENCH_DIR:-/var/tmp/frame-bus-bench}"

@@ -385,7 +385,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     // The alert engine: a bus consumer like the sinks, stopped with them.
-    {
+    let alert_task = {
         let ctx = crate::alerts::EngineContext {
             gateway_id: g.gateway_id.clone(),
             bus: bus.clone(),
@@ -403,8 +403,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             || {},
             move || crate::alerts::run(ctx.clone()),
         );
-        sink_tasks.push(handle);
-    }
+        handle
+    };
 
     for c in bus.stats().consumers {
         if c.name != crate::alerts::CONSUMER && !g.sinks.get(&c.name).is_some_and(|s| s.enabled) {
@@ -439,6 +439,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         head_seq = bus.head_seq(),
         "gateway running"
     );
+    sink_tasks.push(alert_task);
 
     loop {
         tokio::select! {

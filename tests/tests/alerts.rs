@@ -477,3 +477,31 @@ fn webhook_delivers_after_receiver_downtime() {
         "{on_bus:?}"
     );
 }
+
+/// Without rules the engine is no consumer (the WAL keeps its history for
+/// `wal tail`); a rule added by a reload starts it, and fires.
+#[test]
+fn rules_added_by_a_reload_start_the_engine() {
+    let demo = DemoDir::with_gateway(&[tank(80.0)], &format!("token = \"{TOKEN}\"\n"));
+    let mut g = Gateway::start(&demo, &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !common::wal_cursors(&demo.wal()).contains_key("alerts"),
+        "no rules: no consumer"
+    );
+    assert!(g.open_alerts().is_empty());
+    let gw = demo.config();
+    let text = std::fs::read_to_string(&gw).unwrap();
+    std::fs::write(
+        &gw,
+        text + TANK_HIGH
+            .replace("eval_duration = \"4s\"", "eval_duration = \"1s\"")
+            .as_str(),
+    )
+    .unwrap();
+    let (code, body) = g.api("POST", "/api/v1/reload", None, Some(TOKEN));
+    assert_eq!(code, 200, "{body}");
+    g.wait_until("fired after the reload", LIMIT, |g| g.open_alerts().len() == 1);
+    g.stop();
+    assert!(common::wal_cursors(&demo.wal()).contains_key("alerts"));
+}

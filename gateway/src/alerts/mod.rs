@@ -7,7 +7,9 @@
 //! # Guarantees
 //!
 //! - **Own cursor** (consumer `alerts`), started at the head the first time
-//!   (history in the WAL is not re-evaluated).
+//!   (history in the WAL is not re-evaluated), and only once there is a
+//!   rule: a gateway without rules does not consume (its WAL is trimmed by
+//!   its sinks and limits only).
 //! - **Exactly-once events.** Every step that changes a rule's persisted
 //!   state is one [`frame_bus::FrameBus::commit`]: the events it produced,
 //!   the rule states and the cursor in one RocksDB write batch. After a
@@ -143,25 +145,30 @@ fn now_ns() -> u64 {
 pub async fn run(mut ctx: EngineContext) -> Result<(), EngineError> {
     let mut requests = ctx.requests.clone().lock_owned().await;
     let bus = ctx.bus.clone();
-    let mut sub = bus.subscribe(CONSUMER, Some(StartFrom::Latest))?;
-    let persisted = engine::decode_state(bus.load_state(CONSUMER)?);
     let config = ctx.config.borrow_and_update().clone();
-    let mut engine = Engine::new(
-        &ctx.gateway_id,
-        RuleSet::from_config(&config),
-        persisted,
-        now_ns(),
-    );
+    let rules = RuleSet::from_config(&config);
+    // The engine is a consumer only once it has rules (or had them: its
+    // cursor exists). Without, it must not acknowledge frames: a gateway
+    // with no sink and no rule keeps its WAL history for `wal tail`.
+    let known = bus.stats().consumers.iter().any(|c| c.name == CONSUMER);
+    let mut sub = if known || !rules.rules.is_empty() {
+        Some(bus.subscribe(CONSUMER, Some(StartFrom::Latest))?)
+    } else {
+        None
+    };
+    let persisted = engine::decode_state(bus.load_state(CONSUMER)?);
+    let mut engine = Engine::new(&ctx.gateway_id, rules, persisted, now_ns());
     info!(
         rules = engine.rules().rules.len(),
         open_alerts = engine.open_alerts().len(),
-        cursor = sub.position().saturating_sub(1),
+        cursor = sub.as_ref().map(|s| s.position().saturating_sub(1)),
         "alert engine started"
     );
     let mut runner = Runner {
         bus: bus.clone(),
         metrics: ctx.metrics.clone(),
         shutdown: ctx.shutdown.clone(),
+        subscribed: sub.is_some(),
     };
     runner.commit(&mut engine, None, vec![]).await?;
     runner.set_active(&engine);
@@ -176,9 +183,13 @@ pub async fn run(mut ctx: EngineContext) -> Result<(), EngineError> {
                 let config = ctx.config.borrow_and_update().clone();
                 engine.reload(RuleSet::from_config(&config), now_ns());
                 info!(rules = engine.rules().rules.len(), "alert rules reloaded");
+                if sub.is_none() && !engine.rules().rules.is_empty() {
+                    sub = Some(bus.subscribe(CONSUMER, Some(StartFrom::Latest))?);
+                    runner.subscribed = true;
+                }
                 runner.commit(&mut engine, None, vec![]).await?;
             }
-            frames = sub.recv_batch(1024) => {
+            frames = next_batch(&mut sub) => {
                 let frames = frames?;
                 let Some(last) = frames.last().map(|f| f.sequence_id) else { continue };
                 if !engine.rules().rules.is_empty() {
@@ -192,7 +203,7 @@ pub async fn run(mut ctx: EngineContext) -> Result<(), EngineError> {
                         }
                     }
                 }
-                runner.commit(&mut engine, Some((last, &sub)), vec![]).await?;
+                runner.commit(&mut engine, Some(last).zip(sub.as_ref()), vec![]).await?;
             }
             _ = tick.tick() => {
                 engine.tick(now_ns());
@@ -202,10 +213,22 @@ pub async fn run(mut ctx: EngineContext) -> Result<(), EngineError> {
     }
 }
 
+/// The next frames, or never without a subscription.
+async fn next_batch(
+    sub: &mut Option<frame_bus::Subscription>,
+) -> Result<Vec<proto::FrameEnvelope>, BusError> {
+    match sub {
+        Some(s) => s.recv_batch(1024).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Runner {
     bus: FrameBus,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    /// Whether the engine is a bus consumer yet (see `run`).
+    subscribed: bool,
 }
 
 impl Runner {
@@ -226,14 +249,23 @@ impl Runner {
             }
             return Ok(());
         }
+        let publish: Vec<(FrameType, Vec<u8>)> = events
+            .iter()
+            .chain(&extra)
+            .map(|e| (FrameType::Event, e.encode_to_vec()))
+            .collect();
+        if !self.subscribed {
+            // No rule ever ran, so there is no state: only audit events of
+            // refused actions can come here.
+            if !publish.is_empty() {
+                self.bus.publish_batch(publish).await?;
+            }
+            return Ok(());
+        }
         let commit = Commit {
             ack: ack.map(|(s, _)| s),
             state,
-            publish: events
-                .iter()
-                .chain(&extra)
-                .map(|e| (FrameType::Event, e.encode_to_vec()))
-                .collect(),
+            publish,
         };
         let mut delay = Duration::from_millis(100);
         let mut logged = false;

@@ -559,3 +559,41 @@ fn replaying_the_same_frames_gives_the_same_events_and_ids() {
     assert!(first.len() >= 4, "{:?}", summary(&first));
     assert_eq!(first, second);
 }
+
+#[test]
+fn a_bad_sample_makes_the_condition_unknown_until_the_next_good_one() {
+    let mut h = H::new(vec![Rule {
+        hold: Duration::from_secs(10),
+        ..rule("r", CompareOp::Gt, 10.0)
+    }]);
+    assert!(h.level(0.0, 11.0).is_empty(), "pending");
+    assert!(h.bad(5.0, 11.0).is_empty());
+    assert!(
+        h.tick(12.0).is_empty(),
+        "no tick completes the hold on a disowned value"
+    );
+    // The pending period itself is kept: the next good sample fires.
+    assert_eq!(kinds(&h.level(13.0, 11.0)), [FIRED]);
+}
+
+#[test]
+fn a_nan_expression_result_is_no_evidence() {
+    let mut r = expr_rule("temp_in / temp_out");
+    r.op = CompareOp::Lt;
+    r.threshold = 100.0;
+    let mut h = H::new(vec![r]);
+    let two = |a: f64, b: f64| {
+        vec![
+            ("temp_in", proto::Value::float(a), Quality::Good),
+            ("temp_out", proto::Value::float(b), Quality::Good),
+        ]
+    };
+    assert_eq!(kinds(&h.frame(0.0, "hx", &two(1.0, 1.0))), [FIRED]);
+    // 0/0 is NaN: neither true nor false, so the alert stays open.
+    assert!(h.frame(1.0, "hx", &two(0.0, 0.0)).is_empty());
+    assert!(h.tick(5.0).is_empty());
+    assert_eq!(h.e.open_alerts().len(), 1);
+    assert_eq!(h.e.stats.eval_errors, 1);
+    // 1/0 is +inf: a real value, and not below 100.
+    assert_eq!(kinds(&h.frame(6.0, "hx", &two(1.0, 0.0))), [RESOLVED]);
+}
