@@ -394,7 +394,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             shutdown: sink_stop_rx.clone(),
             requests: alert_requests,
         };
-        let handle = supervise(
+        supervise(
             "alerts".to_string(),
             "alerts",
             backoff.clone(),
@@ -402,8 +402,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             sink_stop_rx.clone(),
             || {},
             move || crate::alerts::run(ctx.clone()),
-        );
-        handle
+        )
     };
 
     for c in bus.stats().consumers {
