@@ -177,7 +177,7 @@ fn main() -> Result<()> {
             s.scan,
             m.samples_per_sec,
             m.evaluations_per_sec,
-            m.lag_frames,
+            m.lag_frames + 0.0,
             m.cpu_share * 100.0,
             m.cpu_share / base_cpu,
             m.peak_rss_mib
