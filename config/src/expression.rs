@@ -86,7 +86,7 @@ fn engine() -> &'static Engine {
             other => other,
         });
         e.register_fn("abs", |x: f64| x.abs());
-        e.register_fn("abs", |x: i64| x.checked_abs().map_or(x as f64, |v| v as f64));
+        e.register_fn("abs", |x: i64| x.unsigned_abs() as f64);
         e.register_fn("min", |a: f64, b: f64| a.min(b));
         e.register_fn("max", |a: f64, b: f64| a.max(b));
         e.register_fn("min", |a: i64, b: f64| (a as f64).min(b));

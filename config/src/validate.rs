@@ -681,13 +681,22 @@ pub(crate) fn rules(
         }
         if let Some(x) = &r.condition_expression {
             let kinds = |name: &str| d.tag(name).and_then(|t| expr_kind(t.data_type));
-            if let Err(err) = crate::expression::Expression::compile(x, &kinds) {
-                errors.push(src.error_in_string(
+            match crate::expression::Expression::compile(x, &kinds) {
+                Err(err) => errors.push(src.error_in_string(
                     &k("condition_expression"),
                     x,
                     err.offset,
                     format!("{} (in device {:?})", err.message, d.name),
-                ));
+                )),
+                // Nothing would ever trigger its evaluation.
+                Ok(c) if c.arity() == 0 => errors.push(src.error(
+                    &k("condition_expression"),
+                    format!(
+                        "the expression reads no tag of device {:?}; it would never be evaluated",
+                        d.name
+                    ),
+                )),
+                Ok(_) => {}
             }
         }
     }

@@ -1330,6 +1330,17 @@ fn a_tag_rule_needs_op_and_an_expression_rule_without_op_takes_no_threshold() {
     let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
     expect(&errs, GW, "alert_rules[1]", (23, 1), "thresholds need an `op`");
     count(&errs, 1);
+    // An expression that reads no tag would never be evaluated.
+    let gw = expression_rule("condition_expression = \"1 > 0\"");
+    let errs = Tree::with(&gw, DEV_A, DEV_B).errors();
+    expect(
+        &errs,
+        GW,
+        "alert_rules[1].condition_expression",
+        (29, 24),
+        "reads no tag",
+    );
+    count(&errs, 1);
     // A valid expression rule loads, with NE 0 as its comparison.
     let gw = expression_rule("condition_expression = \"temp - count > 5 and not (count == 3)\"");
     let c = Tree::with(&gw, DEV_A, DEV_B).load().unwrap();

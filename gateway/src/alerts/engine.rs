@@ -72,6 +72,11 @@ pub struct Persisted {
     pub clearing_since_ns: Option<u64>,
     #[serde(default)]
     pub last_fired_ns: Option<u64>,
+    /// Alerts this rule opened so far (threshold and stale): part of each
+    /// alert's id, so two alerts of one rule never share one, whatever the
+    /// clocks do.
+    #[serde(default)]
+    pub fires: u64,
     #[serde(default)]
     pub stale: Option<Alert>,
     #[serde(default)]
@@ -246,7 +251,15 @@ impl Engine {
             .rules
             .iter()
             .map(|r| match old.remove(&r.name) {
-                Some((o, s)) if o.inputs == r.inputs && o.device == r.device => s,
+                Some((o, mut s)) if o.inputs == r.inputs && o.device == r.device => {
+                    // Values stay; a condition judged under another op,
+                    // threshold or expression does not.
+                    if !o.same_condition(r) {
+                        s.last_condition = None;
+                        s.last_value = f64::NAN;
+                    }
+                    s
+                }
                 Some((_, s)) => RuleState::new(r, s.p, self.clock_ns),
                 None => RuleState::new(r, Persisted::default(), self.clock_ns),
             })
@@ -283,7 +296,8 @@ impl Engine {
         }
         let t = self.clock_ns.max(ts_ns);
         self.clock_ns = t;
-        let mut touched: Vec<usize> = Vec::new();
+        // (rule, whether one of its samples in this frame was good)
+        let mut touched: Vec<(usize, bool)> = Vec::new();
         for s in &frame.samples {
             let readers = self.rules.readers(&frame.device_id, &s.tag);
             if readers.is_empty() {
@@ -299,13 +313,16 @@ impl Engine {
                     input.last_good_ns = t;
                     input.last_good_seq = seq;
                 }
-                if !touched.contains(&ri) {
-                    touched.push(ri);
+                match touched.iter_mut().find(|(r, _)| *r == ri) {
+                    Some((_, g)) => *g |= good,
+                    None => touched.push((ri, good)),
                 }
             }
         }
-        for ri in touched {
-            self.data_arrived(ri, t);
+        for (ri, good) in touched {
+            if good {
+                self.data_arrived(ri, t);
+            }
             // A BAD input makes the condition unknown: ticks do not carry a
             // hold or a clearing forward on a value the device disowned.
             if self.states[ri].inputs.iter().any(|i| !i.good) {
@@ -356,6 +373,7 @@ impl Engine {
                     Ok(v) => v,
                     Err(e) => {
                         self.stats.eval_errors += 1;
+                        st.last_condition = None;
                         // Logged once per minute per rule, not per sample.
                         if st
                             .last_error_log_ns
@@ -427,10 +445,8 @@ impl Engine {
             self.events.push(events::resolved(&a, t, "condition_cleared", v));
         }
         if let Some(p) = fire {
-            let id = events::id(&format!(
-                "{}/{}/{}/{}",
-                self.gateway_id, r.name, p.seq, p.since_ns
-            ));
+            let fires = self.states[ri].p.fires;
+            let id = alert_id(&self.gateway_id, &r.name, "threshold", fires, p.seq, p.since_ns);
             let message = format!(
                 "{} {} {} (value {v})",
                 r.subject(),
@@ -480,6 +496,7 @@ impl Engine {
             );
             self.events.push(events::fired(&a, extra));
             let st = &mut self.states[ri];
+            st.p.fires += 1;
             st.p.last_fired_ns = Some(t);
             st.p.clearing_since_ns = None;
             st.p.active = Some(a);
@@ -567,7 +584,7 @@ impl Engine {
             humantime::format_duration(r.stale_after)
         );
         let a = Alert {
-            id: events::id(&format!("{}/{}/stale/{last_seq}/{t}", self.gateway_id, r.name)),
+            id: alert_id(&self.gateway_id, &r.name, "stale", st.p.fires, last_seq, t),
             kind: AlertKind::Stale,
             rule: r.name.clone(),
             device: r.device.clone(),
@@ -586,6 +603,7 @@ impl Engine {
             vec![("stale_after_s".into(), r.stale_after.as_secs_f64().to_string())],
         ));
         st.p.stale = Some(a);
+        st.p.fires += 1;
         self.dirty.insert(r.name.clone());
     }
 
@@ -760,6 +778,15 @@ impl Engine {
             state,
         }
     }
+}
+
+/// An alert's id: a v5 UUID of an unambiguous encoding (a JSON array, so
+/// a `/` in a rule or gateway name cannot make two names equal) of the
+/// gateway, the rule, the kind, the rule's fire counter and the pending
+/// period's first sample (seq, time).
+fn alert_id(gateway: &str, rule: &str, kind: &str, fires: u64, seq: u64, since_ns: u64) -> String {
+    let name = serde_json::json!([gateway, rule, kind, fires, seq, since_ns]).to_string();
+    events::id(&name)
 }
 
 /// Decodes persisted entries (`rule/<name>` → JSON); bad ones are logged and dropped.

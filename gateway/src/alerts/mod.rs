@@ -167,7 +167,6 @@ pub async fn run(mut ctx: EngineContext) -> Result<(), EngineError> {
     let mut runner = Runner {
         bus: bus.clone(),
         metrics: ctx.metrics.clone(),
-        shutdown: ctx.shutdown.clone(),
         subscribed: sub.is_some(),
     };
     runner.commit(&mut engine, None, vec![]).await?;
@@ -189,6 +188,13 @@ pub async fn run(mut ctx: EngineContext) -> Result<(), EngineError> {
                 }
                 runner.commit(&mut engine, None, vec![]).await?;
             }
+            // Before the frames: under a steady stream of frames a later
+            // branch would never be picked, and holds on quiet tags,
+            // staleness and expiry would wait for a pause.
+            _ = tick.tick() => {
+                engine.tick(now_ns());
+                runner.commit(&mut engine, None, vec![]).await?;
+            }
             frames = next_batch(&mut sub) => {
                 let frames = frames?;
                 let Some(last) = frames.last().map(|f| f.sequence_id) else { continue };
@@ -204,10 +210,6 @@ pub async fn run(mut ctx: EngineContext) -> Result<(), EngineError> {
                     }
                 }
                 runner.commit(&mut engine, Some(last).zip(sub.as_ref()), vec![]).await?;
-            }
-            _ = tick.tick() => {
-                engine.tick(now_ns());
-                runner.commit(&mut engine, None, vec![]).await?;
             }
         }
     }
@@ -226,7 +228,6 @@ async fn next_batch(
 struct Runner {
     bus: FrameBus,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
     /// Whether the engine is a bus consumer yet (see `run`).
     subscribed: bool,
 }
@@ -234,7 +235,6 @@ struct Runner {
 impl Runner {
     /// Commits what the engine produced (plus `extra` events), with the
     /// cursor at `ack`; with nothing to commit, only acknowledges `ack`.
-    /// Transient bus errors (disk full) are retried until shutdown.
     async fn commit(
         &mut self,
         engine: &mut Engine,
@@ -267,24 +267,14 @@ impl Runner {
             state,
             publish,
         };
-        let mut delay = Duration::from_millis(100);
-        let mut logged = false;
-        loop {
-            match self.bus.commit(CONSUMER, commit.clone()).await {
-                Ok(_) => break,
-                Err(e) if e.is_transient() && !*self.shutdown.borrow() => {
-                    if !logged {
-                        warn!(error = %e, "alert engine cannot commit; retrying (alerts are held, nothing is lost)");
-                        logged = true;
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        if logged {
-            info!("alert engine commits again");
+        // No retry in place: a write that reported an error may still have
+        // reached RocksDB's WAL (see frame-bus's writer), and sending it
+        // again would publish its events twice. The task fails instead; the
+        // supervisor restarts it (with backoff) from what is on disk, and
+        // the frames after the stored cursor are evaluated again.
+        if let Err(e) = self.bus.commit(CONSUMER, commit).await {
+            warn!(error = %e, "alert engine could not commit; restarting from its last commit (nothing is lost)");
+            return Err(e);
         }
         self.set_active(engine);
         Ok(())
@@ -318,7 +308,28 @@ impl Runner {
         }
     }
 
+    /// Applies one request. A request whose HTTP caller already gave up
+    /// (timed out) is skipped, so a 503 answer means "not applied". A bus
+    /// error while committing the action is returned: the task restarts
+    /// from its last commit, so memory never runs ahead of the disk.
     async fn request(&mut self, engine: &mut Engine, req: Request) -> Result<(), BusError> {
+        let abandoned = match &req {
+            Request::List(r) => r.is_closed(),
+            Request::Rules(r) => r.is_closed(),
+            Request::Acknowledge { reply, .. } => reply.is_closed(),
+            Request::Suppress { reply, .. } => reply.is_closed(),
+            Request::Unsuppress { reply, .. } => reply.is_closed(),
+        };
+        if abandoned {
+            warn!("alert request skipped: its HTTP caller gave up waiting (answered 503)");
+            return Ok(());
+        }
+        let mut failure = None;
+        let mut check = |outcome: &Result<(), RequestError>| {
+            if let Err(RequestError::Bus(e)) = outcome {
+                failure = Some(e.clone());
+            }
+        };
         match req {
             Request::List(reply) => {
                 let _ = reply.send(engine.open_alerts());
@@ -339,6 +350,7 @@ impl Runner {
                         vec![("by".into(), by)],
                     )
                     .await;
+                check(&outcome);
                 let _ = reply.send(outcome.and(result.map_err(RequestError::from)));
             }
             Request::Suppress {
@@ -349,7 +361,8 @@ impl Runner {
                 actor,
                 reply,
             } => {
-                let until = duration.map(|d| now_ns().saturating_add(d.as_nanos() as u64));
+                let until = duration
+                    .map(|d| now_ns().saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
                 let result = engine.suppress(&rule, &by, until, reason.clone(), now_ns());
                 let mut details = vec![("by".to_string(), by)];
                 if let Some(d) = duration {
@@ -369,6 +382,7 @@ impl Runner {
                         details,
                     )
                     .await;
+                check(&outcome);
                 let _ = reply.send(outcome.and(result.map_err(RequestError::from)));
             }
             Request::Unsuppress {
@@ -389,10 +403,14 @@ impl Runner {
                         vec![("by".into(), by)],
                     )
                     .await;
+                check(&outcome);
                 let _ = reply.send(outcome.and(result.map_err(RequestError::from)));
             }
         }
-        Ok(())
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Commits the action's effects with its `AUDIT` event. A refused action

@@ -80,6 +80,17 @@ impl Rule {
         })
     }
 
+    /// Whether `other` judges its inputs the same way (op, thresholds,
+    /// expression): a reload that changes any of them forgets the last
+    /// evaluated condition.
+    pub fn same_condition(&self, other: &Rule) -> bool {
+        self.op == other.op
+            && self.threshold.to_bits() == other.threshold.to_bits()
+            && self.low.to_bits() == other.low.to_bits()
+            && self.high.to_bits() == other.high.to_bits()
+            && self.expr.as_ref().map(|x| x.source()) == other.expr.as_ref().map(|x| x.source())
+    }
+
     /// The rule's comparison. Equality is exact (the value and threshold
     /// are both f64); BETWEEN includes both bounds, NOT_BETWEEN excludes them.
     pub fn holds(&self, v: f64) -> bool {

@@ -597,3 +597,49 @@ fn a_nan_expression_result_is_no_evidence() {
     // 1/0 is +inf: a real value, and not below 100.
     assert_eq!(kinds(&h.frame(6.0, "hx", &two(1.0, 0.0))), [RESOLVED]);
 }
+
+#[test]
+fn a_reload_that_changes_the_threshold_forgets_the_old_verdict() {
+    let hold = |t: f64| Rule {
+        hold: Duration::from_secs(5),
+        ..rule("r", CompareOp::Gt, t)
+    };
+    let mut h = H::new(vec![hold(50.0)]);
+    assert!(h.level(0.0, 60.0).is_empty(), "pending at GT 50");
+    h.e.reload(RuleSet::new(vec![hold(100.0)]), at(1.0));
+    h.take();
+    // 60 > 100 was never evaluated: no tick may fire on the GT 50 verdict.
+    assert!(h.tick(6.0).is_empty());
+    assert!(
+        h.level(7.0, 60.0).is_empty(),
+        "false under GT 100: pending cancelled"
+    );
+    assert!(h.tick(20.0).is_empty());
+}
+
+#[test]
+fn a_bad_sample_does_not_end_a_stale_alert() {
+    let mut h = H::new(vec![Rule {
+        stale_after: Duration::from_secs(30),
+        ..rule("r", CompareOp::Gt, 10.0)
+    }]);
+    assert_eq!(kinds(&h.tick(30.0)), [FIRED]);
+    assert!(h.bad(31.0, 1.0).is_empty(), "BAD is not data");
+    assert_eq!(h.e.open_alerts().len(), 1);
+    assert_eq!(kinds(&h.level(32.0, 1.0)), [RESOLVED]);
+}
+
+#[test]
+fn alerts_of_one_rule_never_share_an_id_even_at_the_same_instant() {
+    let mut h = H::new(vec![rule("r", CompareOp::Gt, 10.0)]);
+    let first = h.level(1.0, 11.0);
+    assert_eq!(kinds(&first), [FIRED]);
+    // Suppress and lift at the same instant; the tick re-fires on the same
+    // sample (same seq, same time): only the fire counter tells them apart.
+    h.e.suppress("r", "ann", None, None, at(1.0)).unwrap();
+    h.e.unsuppress("r", at(1.0)).unwrap();
+    h.take();
+    let second = h.tick(1.0);
+    assert_eq!(kinds(&second), [FIRED]);
+    assert_ne!(first[0].event_id, second[0].event_id);
+}

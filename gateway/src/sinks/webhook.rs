@@ -117,6 +117,9 @@ async fn post(
 }
 
 pub async fn run(mut ctx: SinkContext, cfg: WebhookSinkConfig) -> Result<(), SinkError> {
+    // A URL the client cannot use would fail every attempt and block the
+    // cursor: refuse it here (logged, restarted with backoff) instead.
+    reqwest::Url::parse(&cfg.url).map_err(|e| SinkError::Setup(format!("webhook url {:?}: {e}", cfg.url)))?;
     let client = reqwest::Client::builder()
         .timeout(cfg.timeout)
         .build()
@@ -169,6 +172,11 @@ pub async fn run(mut ctx: SinkContext, cfg: WebhookSinkConfig) -> Result<(), Sin
                             break;
                         }
                         Delivery::Rejected(why) => {
+                            if failing {
+                                // It answered: reachable again.
+                                ctx.metrics.sink_up.get_or_create(&label).set(1);
+                                lock(&ctx.state).last_error = None;
+                            }
                             ctx.metrics.notifications.get_or_create(&result("rejected")).inc();
                             ctx.metrics.sink_dead_lettered.get_or_create(&label).inc();
                             warn!(
