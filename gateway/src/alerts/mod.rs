@@ -53,6 +53,10 @@ use rules::RuleSet;
 /// The engine's consumer name on the bus.
 pub const CONSUMER: &str = "alerts";
 
+/// Frames behind the head above which the engine is replaying, not
+/// following: ticks wait until it has caught up.
+const REPLAY_BACKLOG: u64 = 4096;
+
 /// How often time-based transitions are checked (each rule acts on its own
 /// `eval_interval`, rounded up to this).
 const TICK: Duration = Duration::from_secs(1);
@@ -190,8 +194,17 @@ pub async fn run(mut ctx: EngineContext) -> Result<(), EngineError> {
             }
             // Before the frames: under a steady stream of frames a later
             // branch would never be picked, and holds on quiet tags,
-            // staleness and expiry would wait for a pause.
+            // staleness and expiry would wait for a pause. But not while a
+            // backlog is replayed (after a crash or a long stall): a tick
+            // would move the clock to now, and the replayed frames would
+            // be judged at today's time instead of their own.
             _ = tick.tick() => {
+                let backlog = sub
+                    .as_ref()
+                    .map_or(0, |s| bus.head_seq().saturating_add(1).saturating_sub(s.position()));
+                if backlog > REPLAY_BACKLOG {
+                    continue;
+                }
                 engine.tick(now_ns());
                 runner.commit(&mut engine, None, vec![]).await?;
             }
