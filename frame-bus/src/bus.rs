@@ -148,34 +148,7 @@ impl FrameBus {
         if frames.is_empty() {
             return Err(BusError::EmptyBatch);
         }
-        if let Some((t, _)) = frames.iter().find(|(t, _)| *t == FrameType::Unspecified) {
-            return Err(BusError::InvalidFrameType(*t as i32));
-        }
-        let enqueued = Instant::now();
-        let bytes = frames.iter().map(|f| f.1.len()).sum();
-        // Checksums are computed here, in the publisher's task, not in the writer.
-        let frames = frames
-            .into_iter()
-            .map(|(t, d)| FrameEnvelope::new(0, 0, t, d))
-            .collect();
-        let (reply, rx) = oneshot::channel();
-        {
-            // The sender clone is dropped before waiting for the reply, so a
-            // pending publish never keeps the writer alive past `close`.
-            let tx = self.sender()?;
-            tx.send(Request::Publish(PublishRequest {
-                frames,
-                txn: None,
-                bytes,
-                enqueued,
-                reply,
-            }))
-            .await
-            .map_err(|_| BusError::Closed)?;
-        }
-        let (result, frames) = rx.await.map_err(|_| BusError::Closed)?;
-        drop(frames);
-        result
+        self.submit(frames, 0, None).await
     }
 
     /// One atomic step of a stateful consumer (the alert engine): publishes
@@ -201,32 +174,47 @@ impl FrameBus {
                 }
             }
         }
-        if let Some((t, _)) = commit.publish.iter().find(|(t, _)| *t == FrameType::Unspecified) {
+        let state_bytes = commit
+            .state
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let n = commit.publish.len();
+        let txn = Txn {
+            consumer: consumer.to_string(),
+            ack: commit.ack,
+            state: commit.state,
+        };
+        let range = self.submit(commit.publish, state_bytes, Some(txn)).await?;
+        Ok((n > 0).then_some(range))
+    }
+
+    /// Hands frames (and a commit's part) to the writer and waits for the
+    /// durable answer.
+    async fn submit(
+        &self,
+        frames: Vec<(FrameType, Vec<u8>)>,
+        extra_bytes: usize,
+        txn: Option<Txn>,
+    ) -> Result<SeqRange, BusError> {
+        if let Some((t, _)) = frames.iter().find(|(t, _)| *t == FrameType::Unspecified) {
             return Err(BusError::InvalidFrameType(*t as i32));
         }
         let enqueued = Instant::now();
-        let bytes = commit.publish.iter().map(|f| f.1.len()).sum::<usize>()
-            + commit
-                .state
-                .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-                .sum::<usize>();
-        let n = commit.publish.len();
-        let frames = commit
-            .publish
+        let bytes = frames.iter().map(|f| f.1.len()).sum::<usize>() + extra_bytes;
+        // Checksums are computed here, in the publisher's task, not in the writer.
+        let frames = frames
             .into_iter()
             .map(|(t, d)| FrameEnvelope::new(0, 0, t, d))
             .collect();
         let (reply, rx) = oneshot::channel();
         {
+            // The sender clone is dropped before waiting for the reply, so a
+            // pending publish never keeps the writer alive past `close`.
             let tx = self.sender()?;
             tx.send(Request::Publish(PublishRequest {
                 frames,
-                txn: Some(Txn {
-                    consumer: consumer.to_string(),
-                    ack: commit.ack,
-                    state: commit.state,
-                }),
+                txn,
                 bytes,
                 enqueued,
                 reply,
@@ -236,7 +224,7 @@ impl FrameBus {
         }
         let (result, frames) = rx.await.map_err(|_| BusError::Closed)?;
         drop(frames);
-        result.map(|r| (n > 0).then_some(r))
+        result
     }
 
     /// Every state entry `consumer` committed (keys without the consumer

@@ -322,6 +322,24 @@ fn check_by(by: &str) -> Result<String, String> {
     Ok(by.to_string())
 }
 
+/// `by` from a `{"by": …}` body; `Err` is the 400 answer's message.
+fn by_body(body: Result<Json<ByBody>, axum::extract::rejection::JsonRejection>) -> Result<String, String> {
+    match body {
+        Ok(Json(b)) => check_by(&b.by),
+        Err(e) => Err(format!("expected {{\"by\": \"who\"}}: {e}")),
+    }
+}
+
+/// The answer to an alert request: 503 if the engine did not answer, the
+/// error's status, or 200 with `ok(value)`.
+fn answer<T>(r: Option<Result<T, RequestError>>, ok: impl FnOnce(T) -> serde_json::Value) -> Response {
+    match r {
+        None => engine_down(),
+        Some(Ok(v)) => Json(ok(v)).into_response(),
+        Some(Err(e)) => action_error(e),
+    }
+}
+
 fn action_error(e: RequestError) -> Response {
     use crate::alerts::engine::ActionError as A;
     let code = match &e {
@@ -339,25 +357,19 @@ async fn ack(
     Path(id): Path<String>,
     body: Result<Json<ByBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let by = match body {
-        Ok(Json(b)) => match check_by(&b.by) {
-            Ok(by) => by,
-            Err(m) => return bad_request(m),
-        },
-        Err(e) => return bad_request(format!("expected {{\"by\": \"who\"}}: {e}")),
+    let by = match by_body(body) {
+        Ok(by) => by,
+        Err(m) => return bad_request(m),
     };
     let actor = actor(peer, &headers);
-    match s
+    let r = s
         .alerts
         .ask(|reply| alerts::Request::Acknowledge { id, by, actor, reply })
-        .await
-    {
-        None => engine_down(),
-        Some(Ok(alert)) => {
-            Json(serde_json::json!({"status": "acknowledged", "alert": alert})).into_response()
-        }
-        Some(Err(e)) => action_error(e),
-    }
+        .await;
+    answer(
+        r,
+        |alert| serde_json::json!({"status": "acknowledged", "alert": alert}),
+    )
 }
 
 async fn suppress(
@@ -390,7 +402,7 @@ async fn suppress(
         .reason
         .map(|r| r.chars().filter(|c| !c.is_control()).take(1000).collect());
     let actor = actor(peer, &headers);
-    match s
+    let r = s
         .alerts
         .ask(|reply| alerts::Request::Suppress {
             rule,
@@ -400,14 +412,11 @@ async fn suppress(
             actor,
             reply,
         })
-        .await
-    {
-        None => engine_down(),
-        Some(Ok(closed)) => {
-            Json(serde_json::json!({"status": "suppressed", "closed_alerts": closed})).into_response()
-        }
-        Some(Err(e)) => action_error(e),
-    }
+        .await;
+    answer(
+        r,
+        |closed| serde_json::json!({"status": "suppressed", "closed_alerts": closed}),
+    )
 }
 
 async fn unsuppress(
@@ -417,15 +426,12 @@ async fn unsuppress(
     Path(rule): Path<String>,
     body: Result<Json<ByBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let by = match body {
-        Ok(Json(b)) => match check_by(&b.by) {
-            Ok(by) => by,
-            Err(m) => return bad_request(m),
-        },
-        Err(e) => return bad_request(format!("expected {{\"by\": \"who\"}}: {e}")),
+    let by = match by_body(body) {
+        Ok(by) => by,
+        Err(m) => return bad_request(m),
     };
     let actor = actor(peer, &headers);
-    match s
+    let r = s
         .alerts
         .ask(|reply| alerts::Request::Unsuppress {
             rule,
@@ -433,10 +439,9 @@ async fn unsuppress(
             actor,
             reply,
         })
-        .await
-    {
-        None => engine_down(),
-        Some(Ok(was)) => Json(serde_json::json!({"status": "active", "was_suppressed": was})).into_response(),
-        Some(Err(e)) => action_error(e),
-    }
+        .await;
+    answer(
+        r,
+        |was| serde_json::json!({"status": "active", "was_suppressed": was}),
+    )
 }

@@ -107,7 +107,12 @@ struct RuleState {
     last_seq: u64,
     last_check_ns: u64,
     last_error_log_ns: Option<u64>,
+    /// Index in the current frame's list of touched rules (`NONE` outside
+    /// `on_data`): one lookup per sample, not a search.
+    slot: usize,
 }
+
+const NONE: usize = usize::MAX;
 
 impl RuleState {
     fn new(rule: &Rule, p: Persisted, now_ns: u64) -> RuleState {
@@ -128,6 +133,7 @@ impl RuleState {
             last_seq: 0,
             last_check_ns: now_ns,
             last_error_log_ns: None,
+            slot: NONE,
         }
     }
 }
@@ -313,11 +319,17 @@ impl Engine {
                     input.last_good_ns = t;
                     input.last_good_seq = seq;
                 }
-                match touched.iter_mut().find(|(r, _)| *r == ri) {
-                    Some((_, g)) => *g |= good,
-                    None => touched.push((ri, good)),
+                let st = &mut self.states[ri];
+                if st.slot == NONE {
+                    st.slot = touched.len();
+                    touched.push((ri, good));
+                } else {
+                    touched[st.slot].1 |= good;
                 }
             }
+        }
+        for &(ri, _) in &touched {
+            self.states[ri].slot = NONE;
         }
         for (ri, good) in touched {
             if good {
@@ -694,13 +706,18 @@ impl Engine {
         Ok(was)
     }
 
-    /// Open alerts, oldest first.
-    pub fn open_alerts(&self) -> Vec<AlertView> {
-        let mut v: Vec<AlertView> = self
-            .states
+    /// Every open alert (threshold and stale), in rule order.
+    fn open(&self) -> impl Iterator<Item = &Alert> {
+        self.states
             .iter()
             .flat_map(|st| [st.p.active.as_ref(), st.p.stale.as_ref()])
             .flatten()
+    }
+
+    /// Open alerts, oldest first.
+    pub fn open_alerts(&self) -> Vec<AlertView> {
+        let mut v: Vec<AlertView> = self
+            .open()
             .map(|a| AlertView {
                 alert: a.clone(),
                 fired_at: rfc3339(a.fired_ns),
@@ -713,12 +730,7 @@ impl Engine {
     /// Open alerts per level.
     pub fn open_by_level(&self) -> HashMap<&'static str, i64> {
         let mut m = HashMap::new();
-        for a in self
-            .states
-            .iter()
-            .flat_map(|st| [st.p.active.as_ref(), st.p.stale.as_ref()])
-            .flatten()
-        {
+        for a in self.open() {
             *m.entry(a.level.as_str()).or_default() += 1;
         }
         m
