@@ -23,6 +23,10 @@
 #   scripts/bench.sh alerts          the real gateway at 100k samples/s without alert
 #                                    rules (baseline) and with 10 000 tag rules or
 #                                    1 000 expression rules (tests/src/bin/alert_bench.rs)
+#   scripts/bench.sh mqtt            the MQTT driver (broker → bus) and sink (bus →
+#                                    broker) at QoS 0 and 1 vs mosquitto_sub /
+#                                    mosquitto_pub on the same private broker
+#                                    (BENCH_MESSAGES: tests/src/bin/mqtt_bench.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/common.sh
@@ -44,6 +48,7 @@ case "$what" in
     influx)   shift; ensure_influx_peers; bench_bin influx_bench /var/tmp/gateway-influx-bench "$@" ;;
     postgres) shift; ensure_postgres; bench_bin pg_bench /var/tmp/gateway-pg-bench "$@" ;;
     alerts)   shift; bench_bin alert_bench /var/tmp/gateway-alert-bench "$@" ;;
+    mqtt)     shift; ensure_mqtt_peers; bench_bin mqtt_bench /var/tmp/gateway-mqtt-bench "$@" ;;
     bus)
         [ $# -gt 0 ] && shift
         export BENCH_DIR="${BENCH_DIR:-/var/tmp/frame-bus-bench}"

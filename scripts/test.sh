@@ -28,6 +28,8 @@ trap cleanup EXIT
 ensure_modbus_peer
 # The InfluxDB sink tests start private influxd / VictoriaMetrics instances.
 ensure_influx_peers
+log "MQTT peers (Mosquitto, mosquitto_pub)"
+ensure_mqtt_peers
 # The PostgreSQL store tests use the machine's server (a database each) and
 # start private clusters for the outage tests.
 ensure_postgres

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::modbus::{ModbusDevice, ModbusTag};
+use crate::mqtt::{MqttDevice, MqttTag};
 use crate::simulator::{SimulatorDevice, SimulatorTag};
 use crate::units;
 
@@ -23,6 +24,8 @@ pub enum Protocol {
     ModbusRtu,
     /// RTU frames over a TCP socket (serial-to-Ethernet converters).
     ModbusRtuOverTcp,
+    /// Subscriptions on an MQTT broker, `endpoint = "mqtt://host:1883"`.
+    Mqtt,
 }
 
 impl Protocol {
@@ -32,6 +35,7 @@ impl Protocol {
             Protocol::ModbusTcp => "modbus-tcp",
             Protocol::ModbusRtu => "modbus-rtu",
             Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+            Protocol::Mqtt => "mqtt",
         }
     }
     pub fn is_modbus(self) -> bool {
@@ -125,6 +129,7 @@ impl RetryPolicy {
 pub enum DriverOptions {
     Simulator(SimulatorDevice),
     Modbus(ModbusDevice),
+    Mqtt(MqttDevice),
 }
 
 /// Protocol-specific keys of a tag.
@@ -132,6 +137,7 @@ pub enum DriverOptions {
 pub enum TagOptions {
     Simulator(SimulatorTag),
     Modbus(ModbusTag),
+    Mqtt(MqttTag),
 }
 
 /// One device (one file).

@@ -164,6 +164,8 @@ pub enum SinkKind {
     Postgres(Box<crate::postgres::PostgresSinkConfig>),
     /// `type = "webhook"`: alert notifications as HTTP POSTs.
     Webhook(Box<crate::webhook::WebhookSinkConfig>),
+    /// `type = "mqtt"`: samples and events published to a broker.
+    Mqtt(Box<crate::mqtt::MqttSinkConfig>),
 }
 
 impl SinkKind {
@@ -173,11 +175,12 @@ impl SinkKind {
             SinkKind::Influx(_) => "influxdb",
             SinkKind::Postgres(_) => "postgres",
             SinkKind::Webhook(_) => "webhook",
+            SinkKind::Mqtt(_) => "mqtt",
         }
     }
 }
 
-pub(crate) const SINK_TYPES: &[&str] = &["file", "influxdb", "postgres", "webhook"];
+pub(crate) const SINK_TYPES: &[&str] = &["file", "influxdb", "postgres", "webhook", "mqtt"];
 
 /// `type = "file"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -36,6 +36,7 @@ mod gateway;
 mod influx;
 mod load;
 pub mod modbus;
+pub mod mqtt;
 mod postgres;
 mod simulator;
 pub mod units;
@@ -55,6 +56,10 @@ pub use gateway::{
 pub use influx::{InfluxApi, InfluxSinkConfig, UnsignedAs};
 pub use load::EnvLookup;
 pub use modbus::{ByteOrder, ModbusDevice, ModbusPoint, ModbusTag, Parity, SerialSettings, Table};
+pub use mqtt::{
+    BrokerAddress, MqttConnection, MqttDevice, MqttMessageMode, MqttSinkConfig, MqttTag, MqttVersion, PayloadFormat,
+    Qos, TimestampFormat,
+};
 pub use postgres::{PostgresSinkConfig, SslMode};
 pub use simulator::{ConstantValue, Generator, SimulatorDevice, SimulatorTag};
 pub use validate::{expr_kind, redact_url};
@@ -101,6 +106,9 @@ pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigEr
         validate::gateway(g, src, &mut errors);
         validate::rules(&g.alert_rules, &devices, src, &mut errors);
     }
+    if let Some(g) = &gateway {
+        mqtt_client_ids(g, &mut devices, &mut errors);
+    }
     match gateway {
         Some(gateway) if errors.is_empty() => Ok(Config {
             path: path.to_path_buf(),
@@ -108,6 +116,46 @@ pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigEr
             devices: devices.into_iter().map(|(d, _)| d).collect(),
         }),
         _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Gives MQTT devices without `client_id` the default `{gateway_id}-{device}`
+/// and refuses two connections with one client id on one broker: the
+/// broker would disconnect one whenever the other connects.
+fn mqtt_client_ids(g: &GatewayConfig, devices: &mut [(DeviceConfig, Source)], errors: &mut Vec<ConfigError>) {
+    let mut seen: std::collections::HashMap<(String, String), String> = std::collections::HashMap::new();
+    for (d, src) in devices.iter_mut() {
+        let DriverOptions::Mqtt(m) = &mut d.driver else {
+            continue;
+        };
+        let id = m
+            .client_id
+            .get_or_insert_with(|| format!("{}-{}", g.gateway_id, d.name))
+            .clone();
+        let Ok(addr) = mqtt::BrokerAddress::parse(&d.endpoint) else {
+            continue;
+        };
+        let broker = format!("{}:{}", addr.host, addr.port);
+        if let Some(other) = seen.insert((broker, id.clone()), d.name.clone()) {
+            errors.push(src.error(
+                "client_id",
+                format!("client id {id:?} is also used by device {other:?} on the same broker; each connection needs its own"),
+            ));
+        }
+    }
+    for (name, s) in &g.sinks {
+        if let SinkKind::Mqtt(m) = &s.kind {
+            let id = m.client_id.clone().unwrap_or_else(|| format!("{}-{}", g.gateway_id, name));
+            if let Ok(addr) = mqtt::BrokerAddress::parse(&m.url) {
+                let broker = format!("{}:{}", addr.host, addr.port);
+                if let Some(other) = seen.get(&(broker, id.clone())) {
+                    errors.push(ConfigError::file(
+                        &g.devices_dir,
+                        format!("sink {:?}: client id {id:?} is also used by device {other:?} on the same broker", name),
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -187,6 +235,19 @@ fn load_gateway(
                 errors,
             )
             .map(|c| SinkKind::Webhook(Box::new(c))),
+            "mqtt" => de(
+                &src,
+                table_value(vspan.clone(), rest),
+                &base,
+                Some(gateway::SINK_KEYS),
+                errors,
+            )
+            .map(|mut c: MqttSinkConfig| {
+                for f in [&mut c.ca_file, &mut c.cert_file, &mut c.key_file] {
+                    *f = f.as_deref().map(resolve);
+                }
+                SinkKind::Mqtt(Box::new(c))
+            }),
             "postgres" => de(
                 &src,
                 table_value(vspan, rest),
@@ -315,6 +376,17 @@ fn load_device(
             Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => {
                 de(&src, rest, "", keys, errors).map(DriverOptions::Modbus)
             }
+            Protocol::Mqtt => de(&src, rest, "", keys, errors).map(|mut m: MqttDevice| {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                for f in [&mut m.ca_file, &mut m.cert_file, &mut m.key_file] {
+                    if let Some(p) = f.as_mut() {
+                        if p.is_relative() {
+                            *p = dir.join(&*p);
+                        }
+                    }
+                }
+                DriverOptions::Mqtt(m)
+            }),
         }
     });
     let mut tags = Vec::with_capacity(raw_tags.len());
@@ -336,6 +408,7 @@ fn load_device(
                 Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp => {
                     de(&src, rest, &base, keys, errors).map(TagOptions::Modbus)
                 }
+                Protocol::Mqtt => de(&src, rest, &base, keys, errors).map(TagOptions::Mqtt),
             }
         });
         if let (Some(c), Some(driver)) = (tc, topt) {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::alert::AlertRuleConfig;
-use crate::device::{DataType, DeviceConfig, DriverOptions, TagConfig, TagOptions};
+use crate::device::{Access, DataType, DeviceConfig, DriverOptions, TagConfig, TagOptions};
 use crate::error::ConfigError;
 use crate::gateway::{GatewayConfig, SinkKind};
 use crate::load::Source;
@@ -169,6 +169,41 @@ pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigEr
                 positive(&mut e, &k("timeout"), w.timeout);
                 positive(&mut e, &k("max_retry_interval"), w.max_retry_interval);
             }
+            SinkKind::Mqtt(m) => {
+                let k = |key: &str| format!("{base}.{key}");
+                match crate::mqtt::BrokerAddress::parse(&m.url) {
+                    Ok(a) => tls_files(
+                        &mut e,
+                        &format!("{base}."),
+                        m.ca_file.as_deref(),
+                        m.cert_file.as_deref(),
+                        m.key_file.as_deref(),
+                        a.tls || m.ca_file.is_some(),
+                    ),
+                    Err(msg) => e(&k("url"), msg),
+                }
+                keep_alive(&mut e, &k("keep_alive"), m.keep_alive);
+                if m.max_inflight == 0 {
+                    e(&k("max_inflight"), "must be > 0".into());
+                }
+                positive(&mut e, &k("max_retry_interval"), m.max_retry_interval);
+                let sample = |t: &str| {
+                    t.replace("{gateway_id}", "g")
+                        .replace("{device}", "d")
+                        .replace("{tag}", "t")
+                        .replace("{kind}", "k")
+                };
+                for (key, t) in [
+                    ("topic", &m.topic),
+                    ("frame_topic", &m.frame_topic),
+                    ("event_topic", &m.event_topic),
+                    ("status_topic", &m.status_topic),
+                ] {
+                    if let Err(msg) = crate::mqtt::check_topic_name(&sample(t)) {
+                        e(&k(key), msg);
+                    }
+                }
+            }
             SinkKind::Postgres(p) => {
                 let k = |key: &str| format!("{base}.{key}");
                 match p.url.split_once("://") {
@@ -284,6 +319,7 @@ pub(crate) fn device(d: &DeviceConfig, src: &Source, errors: &mut Vec<ConfigErro
             }
         }
         DriverOptions::Modbus(m) => modbus_device(d, m, &mut e),
+        DriverOptions::Mqtt(m) => mqtt_device(d, m, &mut e),
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, t) in d.tags.iter().enumerate() {
@@ -297,6 +333,9 @@ pub(crate) fn device(d: &DeviceConfig, src: &Source, errors: &mut Vec<ConfigErro
         tag(t, &base, &mut e);
         if let (DriverOptions::Modbus(m), TagOptions::Modbus(o)) = (&d.driver, &t.driver) {
             modbus_tag(m, t, o, &base, &mut e);
+        }
+        if let (DriverOptions::Mqtt(m), TagOptions::Mqtt(o)) = (&d.driver, &t.driver) {
+            mqtt_tag(d, m, t, o, &base, &mut e);
         }
     }
     if d.tags.is_empty() {
@@ -404,8 +443,168 @@ fn tag(t: &TagConfig, base: &str, e: &mut impl FnMut(&str, String)) {
                 }
             }
         }
-        // Needs the device's options: checked by `modbus_tag`.
-        TagOptions::Modbus(_) => {}
+        // Need the device's options: checked by `modbus_tag`, `mqtt_tag`.
+        TagOptions::Modbus(_) | TagOptions::Mqtt(_) => {}
+    }
+}
+
+/// rumqttc accepts a keep-alive of 0 (off) or at least one second.
+fn keep_alive(e: &mut impl FnMut(&str, String), key: &str, d: Duration) {
+    if !d.is_zero() && d < Duration::from_secs(1) {
+        e(key, format!("must be 0 (off) or at least 1s, got {d:?}"));
+    }
+}
+
+fn tls_files(
+    e: &mut impl FnMut(&str, String),
+    prefix: &str,
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    tls: bool,
+) {
+    if cert.is_some() != key.is_some() {
+        e(
+            &format!("{prefix}cert_file"),
+            "a client certificate needs both cert_file and key_file".into(),
+        );
+    }
+    if (cert.is_some() || key.is_some()) && !tls {
+        e(
+            &format!("{prefix}cert_file"),
+            "a client certificate needs TLS: use an mqtts:// address or set ca_file".into(),
+        );
+    }
+    if tls && ca.is_none() {
+        e(
+            &format!("{prefix}ca_file"),
+            "TLS needs ca_file (the PEM file of the CA that signed the broker's certificate)".into(),
+        );
+    }
+    for (k, f) in [("ca_file", ca), ("cert_file", cert), ("key_file", key)] {
+        if let Some(f) = f {
+            if !f.is_file() {
+                e(&format!("{prefix}{k}"), format!("{} is not a readable file", f.display()));
+            }
+        }
+    }
+}
+
+fn mqtt_device(d: &DeviceConfig, m: &crate::mqtt::MqttDevice, e: &mut impl FnMut(&str, String)) {
+    match crate::mqtt::BrokerAddress::parse(&d.endpoint) {
+        Ok(a) => tls_files(
+            e,
+            "",
+            m.ca_file.as_deref(),
+            m.cert_file.as_deref(),
+            m.key_file.as_deref(),
+            a.tls || m.ca_file.is_some(),
+        ),
+        Err(msg) if !d.endpoint.trim().is_empty() => e("endpoint", msg),
+        Err(_) => {}
+    }
+    keep_alive(e, "keep_alive", m.keep_alive);
+    if m.max_payload == 0 {
+        e("max_payload", "must be > 0".into());
+    }
+    if m.max_inflight == 0 {
+        e("max_inflight", "must be > 0".into());
+    }
+    if let Some(t) = m.no_message_timeout {
+        positive(e, "no_message_timeout", t);
+    }
+    if m.version == crate::mqtt::MqttVersion::V5 && m.session_expiry.as_secs() > u64::from(u32::MAX) {
+        e("session_expiry", "must fit in 32 bits of seconds (MQTT 5)".into());
+    }
+    if let Some(id) = &m.client_id {
+        if id.is_empty() || id.len() > 65_535 {
+            e("client_id", "must be 1..=65535 bytes".into());
+        }
+    }
+    if let Some(p) = &m.timestamp_pointer {
+        json_pointer(e, "timestamp_pointer", p);
+    }
+    if let Some(t) = &m.topic {
+        if let Err(msg) = crate::mqtt::check_filter(&crate::mqtt::expand_topic(t, &d.name, "x")) {
+            e("topic", msg);
+        }
+    }
+}
+
+fn json_pointer(e: &mut impl FnMut(&str, String), key: &str, p: &str) {
+    if !p.starts_with('/') {
+        e(
+            key,
+            format!("{p:?} is not a JSON pointer; it starts with '/' (e.g. \"/sensors/0/temp\")"),
+        );
+    } else if p.split('/').any(|s| {
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+                return true;
+            }
+        }
+        false
+    }) {
+        e(key, format!("{p:?}: '~' must be followed by 0 or 1 (RFC 6901)"));
+    }
+}
+
+fn mqtt_tag(
+    d: &DeviceConfig,
+    m: &crate::mqtt::MqttDevice,
+    t: &TagConfig,
+    o: &crate::mqtt::MqttTag,
+    base: &str,
+    e: &mut impl FnMut(&str, String),
+) {
+    use crate::mqtt::PayloadFormat;
+    let k = |key: &str| format!("{base}.{key}");
+    match o.topic.as_ref().or(m.topic.as_ref()) {
+        None => e(
+            &k("topic"),
+            "needs a topic: set `topic` on the tag or a default `topic` on the device".into(),
+        ),
+        Some(tpl) => {
+            let filter = crate::mqtt::expand_topic(tpl, &d.name, &t.name);
+            if let Err(msg) = crate::mqtt::check_filter(&filter) {
+                let key = if o.topic.is_some() { k("topic") } else { "topic".to_string() };
+                e(&key, format!("{msg} (tag {:?})", t.name));
+            }
+        }
+    }
+    let format = o.format.unwrap_or(m.format);
+    let addr = t.address.trim();
+    if addr != "payload" {
+        if format == PayloadFormat::Json {
+            json_pointer(e, &k("address"), addr);
+        } else {
+            e(
+                &k("address"),
+                format!(
+                    "a {} payload has no parts: address must be \"payload\" (the whole payload)",
+                    format.as_str()
+                ),
+            );
+        }
+    }
+    if format == PayloadFormat::Raw && t.data_type == DataType::DateTime {
+        e(&k("data_type"), "a raw payload cannot hold a DateTime; use json or plain".into());
+    }
+    if let Some(p) = &o.timestamp_pointer {
+        json_pointer(e, &k("timestamp_pointer"), p);
+    }
+    if (o.timestamp_pointer.is_some() || m.timestamp_pointer.is_some()) && format != PayloadFormat::Json {
+        e(
+            &k("timestamp_pointer"),
+            "only a json payload carries a timestamp".into(),
+        );
+    }
+    if t.access != Access::Read {
+        e(
+            &k("access"),
+            "MQTT tags are read-only in this build (subscriptions); writes are not supported".into(),
+        );
     }
 }
 

@@ -102,4 +102,12 @@ pub trait DriverHost: Send + Sync + 'static {
     /// drivers publish the matching `DEVICE_STATUS_CHANGED` event through
     /// their pipeline, in order with their data.
     fn connection_changed(&self, up: bool);
+    /// Push drivers (MQTT): messages received from the device's broker.
+    fn messages_received(&self, _n: u64) {}
+    /// Push drivers: messages acknowledged to the broker after their
+    /// frame reached the bus.
+    fn messages_acked(&self, _n: u64) {}
+    /// Push drivers: a message (or one tag's part of it) was malformed and
+    /// skipped; `reason` is a short snake_case word.
+    fn payload_rejected(&self, _reason: &'static str) {}
 }

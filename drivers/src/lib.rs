@@ -1,5 +1,5 @@
-//! Gateway_Rust device drivers (simulator, Modbus TCP/RTU/RTU-over-TCP;
-//! OPC-UA and MQTT with their issues): device I/O in, `proto::DataFrame`s
+//! Gateway_Rust device drivers (simulator, Modbus TCP/RTU/RTU-over-TCP,
+//! MQTT subscriptions; OPC-UA with its issue): device I/O in, `proto::DataFrame`s
 //! and device status events out, tag writes in through a [`write::WriteQueue`].
 //!
 //! # Contract
@@ -27,6 +27,7 @@
 
 mod host;
 pub mod modbus;
+pub mod mqtt;
 pub mod pipeline;
 pub mod sample;
 pub mod simulator;
@@ -51,5 +52,6 @@ pub async fn run_device<H: DriverHost>(
     match &device.driver {
         DriverOptions::Simulator(_) => simulator::run(device.clone(), host, shutdown, writes).await,
         DriverOptions::Modbus(_) => modbus::run(device.clone(), host, shutdown, writes).await,
+        DriverOptions::Mqtt(_) => mqtt::run(device.clone(), host, shutdown, writes).await,
     }
 }

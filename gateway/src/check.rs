@@ -53,6 +53,7 @@ pub fn run(path: &Path, plan: bool) -> Result<(), Failure> {
             SinkKind::Influx(i) => format!("{} ({:?})", i.url, i.api),
             SinkKind::Postgres(p) => config::redact_url(&p.url),
             SinkKind::Webhook(w) => format!("{} (>= {})", w.url, w.min_level.as_str()),
+            SinkKind::Mqtt(m) => format!("{} (qos {}, {:?})", m.url, m.qos.0, m.mode),
         };
         println!(
             "  {:<20} {:<10} {}{}",

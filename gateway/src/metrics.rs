@@ -38,6 +38,12 @@
 //! | `gateway_alerts_active` | gauge | level (open alerts: fired, not resolved or suppressed) |
 //! | `gateway_alerts_fired_total`, `gateway_alerts_resolved_total` | counter | level |
 //! | `gateway_notifications_total` | counter | sink, result = sent, failed, rejected (webhook requests) |
+//! | `gateway_mqtt_messages_received_total` | counter | device (MQTT driver: messages received, malformed ones included) |
+//! | `gateway_mqtt_messages_acked_total` | counter | device (acknowledged to the broker after their frame reached the bus) |
+//! | `gateway_mqtt_parse_errors_total` | counter | device, reason = too_large, empty, not_utf8, not_json, missing_pointer, null, wrong_type, out_of_range, bad_timestamp, unmatched |
+//! | `gateway_mqtt_messages_published_total` | counter | sink (MQTT sink: messages handed to the broker connection) |
+//! | `gateway_mqtt_publish_acks_total` | counter | sink (PUBACK / PUBCOMP received) |
+//! | `gateway_mqtt_inflight_messages` | gauge | sink (published, not yet confirmed) |
 //! | `gateway_build_info` | info | version |
 
 use std::sync::Arc;
@@ -99,6 +105,12 @@ pub struct SinkResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceReasonLabels {
+    pub device: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
 }
@@ -137,6 +149,12 @@ pub struct Metrics {
     pub alerts_fired: Family<LevelLabel, Counter>,
     pub alerts_resolved: Family<LevelLabel, Counter>,
     pub notifications: Family<SinkResultLabels, Counter>,
+    pub mqtt_received: Family<DeviceLabel, Counter>,
+    pub mqtt_acked: Family<DeviceLabel, Counter>,
+    pub mqtt_parse_errors: Family<DeviceReasonLabels, Counter>,
+    pub mqtt_published: Family<SinkLabel, Counter>,
+    pub mqtt_publish_acks: Family<SinkLabel, Counter>,
+    pub mqtt_inflight: Family<SinkLabel, Gauge>,
 }
 
 impl Metrics {
@@ -166,6 +184,12 @@ impl Metrics {
         let alerts_fired = Family::<LevelLabel, Counter>::default();
         let alerts_resolved = Family::<LevelLabel, Counter>::default();
         let notifications = Family::<SinkResultLabels, Counter>::default();
+        let mqtt_received = Family::<DeviceLabel, Counter>::default();
+        let mqtt_acked = Family::<DeviceLabel, Counter>::default();
+        let mqtt_parse_errors = Family::<DeviceReasonLabels, Counter>::default();
+        let mqtt_published = Family::<SinkLabel, Counter>::default();
+        let mqtt_publish_acks = Family::<SinkLabel, Counter>::default();
+        let mqtt_inflight = Family::<SinkLabel, Gauge>::default();
         for level in ["INFO", "WARNING", "CRITICAL", "FATAL"] {
             let l = LevelLabel { level: level.into() };
             let _ = alerts_active.get_or_create(&l);
@@ -173,6 +197,36 @@ impl Metrics {
             let _ = alerts_resolved.get_or_create(&l);
         }
         let r = &mut registry;
+        r.register(
+            "mqtt_messages_received",
+            "MQTT driver: messages received by device (malformed ones included)",
+            mqtt_received.clone(),
+        );
+        r.register(
+            "mqtt_messages_acked",
+            "MQTT driver: messages acknowledged to the broker after their frame reached the bus",
+            mqtt_acked.clone(),
+        );
+        r.register(
+            "mqtt_parse_errors",
+            "MQTT driver: malformed messages (or tag values in them) counted, acknowledged and skipped, by reason",
+            mqtt_parse_errors.clone(),
+        );
+        r.register(
+            "mqtt_messages_published",
+            "MQTT sink: messages handed to the broker connection",
+            mqtt_published.clone(),
+        );
+        r.register(
+            "mqtt_publish_acks",
+            "MQTT sink: QoS 1/2 messages confirmed by the broker (PUBACK/PUBCOMP)",
+            mqtt_publish_acks.clone(),
+        );
+        r.register(
+            "mqtt_inflight_messages",
+            "MQTT sink: messages published and not yet confirmed",
+            mqtt_inflight.clone(),
+        );
         r.register(
             "alert_evaluations",
             "Alert rule conditions evaluated (on samples and on ticks)",
@@ -324,6 +378,12 @@ impl Metrics {
             alerts_fired,
             alerts_resolved,
             notifications,
+            mqtt_received,
+            mqtt_acked,
+            mqtt_parse_errors,
+            mqtt_published,
+            mqtt_publish_acks,
+            mqtt_inflight,
         })
     }
 

@@ -124,6 +124,24 @@ impl DriverHost for BusHost {
         }
     }
 
+    fn messages_received(&self, n: u64) {
+        self.metrics.mqtt_received.get_or_create(&self.label).inc_by(n);
+    }
+
+    fn messages_acked(&self, n: u64) {
+        self.metrics.mqtt_acked.get_or_create(&self.label).inc_by(n);
+    }
+
+    fn payload_rejected(&self, reason: &'static str) {
+        self.metrics
+            .mqtt_parse_errors
+            .get_or_create(&crate::metrics::DeviceReasonLabels {
+                device: self.label.device.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
     fn connection_changed(&self, up: bool) {
         self.metrics
             .device_up

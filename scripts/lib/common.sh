@@ -60,6 +60,15 @@ ensure_influx_peers() {
     ensure_deb influxdb victoria-metrics
 }
 
+# The MQTT driver's and sink's tests: Mosquitto and its clients
+# (mosquitto_pub/mosquitto_sub). The tests start private brokers on free
+# loopback ports (they stop and restart them); the machine's own broker on
+# 127.0.0.1:1883 is left alone.
+ensure_mqtt_peers() {
+    command -v mosquitto >/dev/null && command -v mosquitto_pub >/dev/null && return 0
+    ensure_deb mosquitto mosquitto-clients
+}
+
 # The PostgreSQL store's tests: the machine's server on 127.0.0.1:5432 (trust
 # auth; each test creates and drops its own database), and the server
 # binaries (initdb, pg_ctl, run as the `postgres` user via runuser) for the

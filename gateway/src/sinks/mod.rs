@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod influx;
+pub mod mqtt;
 pub mod postgres;
 pub mod webhook;
 
@@ -67,5 +68,6 @@ pub async fn run(
         SinkKind::Influx(i) => influx::run(ctx, *i, index, data_dir).await,
         SinkKind::Postgres(p) => postgres::run(ctx, *p).await,
         SinkKind::Webhook(w) => webhook::run(ctx, *w).await,
+        SinkKind::Mqtt(m) => mqtt::run(ctx, *m).await,
     }
 }

@@ -68,6 +68,7 @@ pub fn protocol_kind(p: Protocol) -> &'static str {
         Protocol::ModbusTcp => "ModbusTcp",
         Protocol::ModbusRtu => "ModbusRtu",
         Protocol::ModbusRtuOverTcp => "ModbusRtuOverTcp",
+        Protocol::Mqtt => "Mqtt",
     }
 }
 
@@ -108,6 +109,7 @@ fn connection_type(p: Protocol) -> &'static str {
         Protocol::Simulator => "internal",
         Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp => "tcp",
         Protocol::ModbusRtu => "serial",
+        Protocol::Mqtt => "mqtt",
     }
 }
 
@@ -133,6 +135,20 @@ fn driver_json(d: &DeviceConfig) -> serde_json::Value {
             "busy_retry_interval_ms": m.busy_retry_interval.as_millis() as u64,
             "port": m.port,
             "baud_rate": m.baud_rate,
+        }),
+        // No credentials: the password stays out of the database.
+        DriverOptions::Mqtt(m) => json!({
+            "client_id": m.client_id,
+            "username": m.username,
+            "version": m.version.as_str(),
+            "keep_alive_ms": m.keep_alive.as_millis() as u64,
+            "clean_session": m.clean_session,
+            "qos": m.qos.0,
+            "topic": m.topic,
+            "format": m.format.as_str(),
+            "tls": m.ca_file.is_some() || d.endpoint.starts_with("mqtts://") || d.endpoint.starts_with("ssl://"),
+            "max_payload": m.max_payload,
+            "no_message_timeout_ms": m.no_message_timeout.map(|t| t.as_millis() as u64),
         }),
     };
     json!({
@@ -170,6 +186,12 @@ const DRIVERS: &[(Protocol, &str, &str, &[&str])] = &[
         "modbus-rtu-over-tcp",
         "Modbus RTU frames over a TCP socket (serial-to-Ethernet converters)",
         &["read", "write", "batch-read", "shared-line"],
+    ),
+    (
+        Protocol::Mqtt,
+        "mqtt",
+        "MQTT 3.1.1/5 subscriptions (JSON, plain, raw payloads), acknowledged after the WAL",
+        &["subscribe", "tls"],
     ),
 ];
 

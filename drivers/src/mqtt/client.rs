@@ -1,0 +1,310 @@
+//! One MQTT connection, 3.1.1 or 5, behind one small API: rumqttc has a
+//! separate client, event loop and packet types per version, and the
+//! driver and the northbound sink only need what both versions share.
+//!
+//! The event loop must be polled for anything to happen (connecting,
+//! sending, receiving); [`Client`] only queues requests for it. Requests
+//! are queued with `try_*` calls into a channel sized so that it cannot
+//! fill while the caller keeps polling (a full channel is reported as an
+//! error, and the caller reconnects).
+
+use std::time::Duration;
+
+use config::{MqttConnection, MqttVersion, Qos};
+use rumqttc::v5 as r5;
+
+/// Requests the event loop has not taken yet (acks, publishes, subscribes).
+const REQUEST_CAPACITY: usize = 65_536;
+
+/// Why a connection could not be set up or went down.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct MqttError(pub String);
+
+/// A received PUBLISH, kept until it is acknowledged.
+#[derive(Debug, Clone)]
+pub enum Received {
+    V4(rumqttc::Publish),
+    V5(r5::mqttbytes::v5::Publish),
+}
+
+impl Received {
+    pub fn topic(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Received::V4(p) => std::borrow::Cow::Borrowed(p.topic.as_str()),
+            Received::V5(p) => String::from_utf8_lossy(&p.topic),
+        }
+    }
+    pub fn payload(&self) -> &[u8] {
+        match self {
+            Received::V4(p) => &p.payload,
+            Received::V5(p) => &p.payload,
+        }
+    }
+    pub fn qos(&self) -> u8 {
+        match self {
+            Received::V4(p) => p.qos as u8,
+            Received::V5(p) => p.qos as u8,
+        }
+    }
+    pub fn retain(&self) -> bool {
+        match self {
+            Received::V4(p) => p.retain,
+            Received::V5(p) => p.retain,
+        }
+    }
+}
+
+/// What the event loop reports.
+#[derive(Debug)]
+pub enum Event {
+    /// CONNACK accepted; `session_present` = the broker kept our session
+    /// (subscriptions and undelivered messages).
+    Connected { session_present: bool },
+    Message(Received),
+    /// A PUBLISH of ours went out with this packet id (0 for QoS 0), in
+    /// the order the publishes were queued.
+    Sent(u16),
+    /// The broker confirmed a QoS 1 (PUBACK) or QoS 2 (PUBCOMP) publish.
+    Confirmed(u16),
+    /// SUBACK: how many filters the broker refused.
+    Subscribed { refused: usize },
+    Other,
+}
+
+/// A message to publish.
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: Qos,
+    pub retain: bool,
+}
+
+pub enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(r5::AsyncClient),
+}
+
+pub enum EventLoop {
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<r5::EventLoop>),
+}
+
+/// Connection options beyond [`MqttConnection`].
+#[derive(Default)]
+pub struct Options {
+    /// Incoming QoS 1/2 publishes are acknowledged only by [`Client::ack`].
+    pub manual_acks: bool,
+    /// Retained QoS 1 last will: (topic, payload).
+    pub last_will: Option<(String, Vec<u8>)>,
+}
+
+fn qos4(q: Qos) -> rumqttc::QoS {
+    match q.0 {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn qos5(q: Qos) -> r5::mqttbytes::QoS {
+    match q.0 {
+        0 => r5::mqttbytes::QoS::AtMostOnce,
+        1 => r5::mqttbytes::QoS::AtLeastOnce,
+        _ => r5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, MqttError> {
+    std::fs::read(path).map_err(|e| MqttError(format!("{}: {e}", path.display())))
+}
+
+/// The TLS transport of `c`, or plain TCP.
+fn transport(c: &MqttConnection) -> Result<rumqttc::Transport, MqttError> {
+    if !c.tls() {
+        return Ok(rumqttc::Transport::Tcp);
+    }
+    // rumqttc is built without a crypto provider; ring is the one sqlx
+    // already compiles. Installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = match &c.ca_file {
+        Some(p) => read(p)?,
+        None => return Err(MqttError("TLS needs ca_file".into())),
+    };
+    let client_auth = match (&c.cert_file, &c.key_file) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    }))
+}
+
+/// Sets up a connection (nothing is sent before the event loop is polled).
+pub fn connect(c: &MqttConnection, o: Options) -> Result<(Client, EventLoop), MqttError> {
+    let transport = transport(c)?;
+    let host = c.address.host.clone();
+    match c.version {
+        MqttVersion::V311 => {
+            let mut m = rumqttc::MqttOptions::new(c.client_id.clone(), host, c.address.port);
+            m.set_keep_alive(c.keep_alive)
+                .set_clean_session(c.clean_session)
+                .set_manual_acks(o.manual_acks)
+                .set_inflight(c.max_inflight.max(1))
+                .set_request_channel_capacity(REQUEST_CAPACITY)
+                .set_transport(transport);
+            let size = usize::try_from(c.max_packet_size).unwrap_or(usize::MAX);
+            m.set_max_packet_size(size, size.max(1 << 20));
+            if let Some(u) = &c.username {
+                m.set_credentials(u.clone(), c.password.clone().unwrap_or_default());
+            }
+            if let Some((t, p)) = o.last_will {
+                m.set_last_will(rumqttc::LastWill::new(t, p, rumqttc::QoS::AtLeastOnce, true));
+            }
+            let (client, ev) = rumqttc::AsyncClient::new(m, REQUEST_CAPACITY);
+            Ok((Client::V4(client), EventLoop::V4(Box::new(ev))))
+        }
+        MqttVersion::V5 => {
+            let mut m = r5::MqttOptions::new(c.client_id.clone(), host, c.address.port);
+            m.set_keep_alive(c.keep_alive)
+                .set_clean_start(c.clean_session)
+                .set_manual_acks(o.manual_acks)
+                .set_receive_maximum(Some(c.max_inflight.max(1)))
+                .set_outgoing_inflight_upper_limit(c.max_inflight.max(1))
+                .set_request_channel_capacity(REQUEST_CAPACITY)
+                .set_max_packet_size(Some(u32::try_from(c.max_packet_size).unwrap_or(u32::MAX)))
+                .set_transport(transport);
+            if !c.clean_session {
+                let secs = u32::try_from(c.session_expiry.as_secs()).unwrap_or(u32::MAX);
+                m.set_session_expiry_interval(Some(secs));
+            }
+            if let Some(u) = &c.username {
+                m.set_credentials(u.clone(), c.password.clone().unwrap_or_default());
+            }
+            if let Some((t, p)) = o.last_will {
+                m.set_last_will(r5::mqttbytes::v5::LastWill::new(
+                    t,
+                    p,
+                    r5::mqttbytes::QoS::AtLeastOnce,
+                    true,
+                    None,
+                ));
+            }
+            let (client, ev) = r5::AsyncClient::new(m, REQUEST_CAPACITY);
+            Ok((Client::V5(client), EventLoop::V5(Box::new(ev))))
+        }
+    }
+}
+
+impl Client {
+    /// Acknowledges a received QoS 1/2 message (PUBACK / PUBREC).
+    pub fn ack(&self, m: &Received) -> Result<(), MqttError> {
+        let r = match (self, m) {
+            (Client::V4(c), Received::V4(p)) => c.try_ack(p).map_err(|e| e.to_string()),
+            (Client::V5(c), Received::V5(p)) => c.try_ack(p).map_err(|e| e.to_string()),
+            _ => Err("message of another protocol version".into()),
+        };
+        r.map_err(|e| MqttError(format!("ack: {e}")))
+    }
+
+    pub fn subscribe(&self, filters: &[String], qos: Qos) -> Result<(), MqttError> {
+        // Several SUBSCRIBE packets of at most 64 filters each.
+        for chunk in filters.chunks(64) {
+            let r = match self {
+                Client::V4(c) => c
+                    .try_subscribe_many(chunk.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos4(qos))))
+                    .map_err(|e| e.to_string()),
+                Client::V5(c) => c
+                    .try_subscribe_many(
+                        chunk
+                            .iter()
+                            .map(|f| r5::mqttbytes::v5::Filter::new(f.clone(), qos5(qos))),
+                    )
+                    .map_err(|e| e.to_string()),
+            };
+            r.map_err(|e| MqttError(format!("subscribe: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn publish(&self, m: Outgoing) -> Result<(), MqttError> {
+        let r = match self {
+            Client::V4(c) => c
+                .try_publish(m.topic, qos4(m.qos), m.retain, m.payload)
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_publish(m.topic, qos5(m.qos), m.retain, m.payload)
+                .map_err(|e| e.to_string()),
+        };
+        r.map_err(|e| MqttError(format!("publish: {e}")))
+    }
+
+    pub fn disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+        };
+    }
+}
+
+impl EventLoop {
+    /// The next event; an error means the connection is down (the next
+    /// poll reconnects: callers wait first, see [`backoff`]).
+    pub async fn poll(&mut self) -> Result<Event, MqttError> {
+        match self {
+            EventLoop::V4(ev) => {
+                use rumqttc::{Event as E, Incoming as I, Outgoing as O};
+                match ev.poll().await {
+                    Ok(E::Incoming(I::ConnAck(a))) => Ok(Event::Connected {
+                        session_present: a.session_present,
+                    }),
+                    Ok(E::Incoming(I::Publish(p))) => Ok(Event::Message(Received::V4(p))),
+                    Ok(E::Incoming(I::PubAck(a))) => Ok(Event::Confirmed(a.pkid)),
+                    Ok(E::Incoming(I::PubComp(a))) => Ok(Event::Confirmed(a.pkid)),
+                    Ok(E::Incoming(I::SubAck(s))) => Ok(Event::Subscribed {
+                        refused: s
+                            .return_codes
+                            .iter()
+                            .filter(|c| !matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
+                            .count(),
+                    }),
+                    Ok(E::Outgoing(O::Publish(pkid))) => Ok(Event::Sent(pkid)),
+                    Ok(_) => Ok(Event::Other),
+                    Err(e) => Err(MqttError(e.to_string())),
+                }
+            }
+            EventLoop::V5(ev) => {
+                use r5::mqttbytes::v5::Packet as P;
+                use r5::Event as E;
+                match ev.poll().await {
+                    Ok(E::Incoming(P::ConnAck(a))) => Ok(Event::Connected {
+                        session_present: a.session_present,
+                    }),
+                    Ok(E::Incoming(P::Publish(p))) => Ok(Event::Message(Received::V5(p))),
+                    Ok(E::Incoming(P::PubAck(a))) => Ok(Event::Confirmed(a.pkid)),
+                    Ok(E::Incoming(P::PubComp(a))) => Ok(Event::Confirmed(a.pkid)),
+                    Ok(E::Incoming(P::SubAck(s))) => Ok(Event::Subscribed {
+                        refused: s
+                            .return_codes
+                            .iter()
+                            .filter(|c| !matches!(c, r5::mqttbytes::v5::SubscribeReasonCode::Success(_)))
+                            .count(),
+                    }),
+                    Ok(E::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Ok(Event::Sent(pkid)),
+                    Ok(_) => Ok(Event::Other),
+                    Err(e) => Err(MqttError(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+/// Delay before reconnect attempt `n` (1-based): doubling from `first`, capped.
+pub fn backoff(n: u32, first: Duration, cap: Duration) -> Duration {
+    first
+        .checked_mul(2u32.saturating_pow(n.saturating_sub(1).min(20)))
+        .unwrap_or(cap)
+        .min(cap)
+}
