@@ -57,8 +57,8 @@ pub use influx::{InfluxApi, InfluxSinkConfig, UnsignedAs};
 pub use load::EnvLookup;
 pub use modbus::{ByteOrder, ModbusDevice, ModbusPoint, ModbusTag, Parity, SerialSettings, Table};
 pub use mqtt::{
-    BrokerAddress, MqttConnection, MqttDevice, MqttMessageMode, MqttSinkConfig, MqttTag, MqttVersion, PayloadFormat,
-    Qos, TimestampFormat,
+    BrokerAddress, MqttConnection, MqttDevice, MqttMessageMode, MqttSinkConfig, MqttTag, MqttVersion,
+    PayloadFormat, Qos, TimestampFormat,
 };
 pub use postgres::{PostgresSinkConfig, SslMode};
 pub use simulator::{ConstantValue, Generator, SimulatorDevice, SimulatorTag};
@@ -106,8 +106,8 @@ pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigEr
         validate::gateway(g, src, &mut errors);
         validate::rules(&g.alert_rules, &devices, src, &mut errors);
     }
-    if let Some(g) = &gateway {
-        mqtt_client_ids(g, &mut devices, &mut errors);
+    if let (Some(g), Some((src, _))) = (&gateway, &gsrc) {
+        mqtt_client_ids(g, src, &mut devices, &mut errors);
     }
     match gateway {
         Some(gateway) if errors.is_empty() => Ok(Config {
@@ -122,7 +122,12 @@ pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigEr
 /// Gives MQTT devices without `client_id` the default `{gateway_id}-{device}`
 /// and refuses two connections with one client id on one broker: the
 /// broker would disconnect one whenever the other connects.
-fn mqtt_client_ids(g: &GatewayConfig, devices: &mut [(DeviceConfig, Source)], errors: &mut Vec<ConfigError>) {
+fn mqtt_client_ids(
+    g: &GatewayConfig,
+    gsrc: &Source,
+    devices: &mut [(DeviceConfig, Source)],
+    errors: &mut Vec<ConfigError>,
+) {
     let mut seen: std::collections::HashMap<(String, String), String> = std::collections::HashMap::new();
     for (d, src) in devices.iter_mut() {
         let DriverOptions::Mqtt(m) = &mut d.driver else {
@@ -136,22 +141,30 @@ fn mqtt_client_ids(g: &GatewayConfig, devices: &mut [(DeviceConfig, Source)], er
             continue;
         };
         let broker = format!("{}:{}", addr.host, addr.port);
-        if let Some(other) = seen.insert((broker, id.clone()), d.name.clone()) {
+        if let Some(other) = seen.insert((broker, id.clone()), format!("device {:?}", d.name)) {
             errors.push(src.error(
                 "client_id",
-                format!("client id {id:?} is also used by device {other:?} on the same broker; each connection needs its own"),
+                format!("client id {id:?} is also used by {other} on the same broker; each connection needs its own"),
             ));
         }
     }
     for (name, s) in &g.sinks {
         if let SinkKind::Mqtt(m) = &s.kind {
-            let id = m.client_id.clone().unwrap_or_else(|| format!("{}-{}", g.gateway_id, name));
+            let id = m
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", g.gateway_id, name));
             if let Ok(addr) = mqtt::BrokerAddress::parse(&m.url) {
                 let broker = format!("{}:{}", addr.host, addr.port);
-                if let Some(other) = seen.get(&(broker, id.clone())) {
-                    errors.push(ConfigError::file(
-                        &g.devices_dir,
-                        format!("sink {:?}: client id {id:?} is also used by device {other:?} on the same broker", name),
+                if let Some(other) = seen.insert((broker, id.clone()), format!("sink {name:?}")) {
+                    let key = if m.client_id.is_some() {
+                        format!("sinks.{name}.client_id")
+                    } else {
+                        format!("sinks.{name}")
+                    };
+                    errors.push(gsrc.error(
+                        &key,
+                        format!("client id {id:?} is also used by {other} on the same broker; each connection needs its own"),
                     ));
                 }
             }

@@ -89,7 +89,9 @@ impl<'de> Deserialize<'de> for Qos {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Qos, D::Error> {
         let q = u8::deserialize(d)?;
         if q > 2 {
-            return Err(serde::de::Error::custom(format!("qos must be 0, 1 or 2, got {q}")));
+            return Err(serde::de::Error::custom(format!(
+                "qos must be 0, 1 or 2, got {q}"
+            )));
         }
         Ok(Qos(q))
     }
@@ -126,7 +128,9 @@ impl BrokerAddress {
         }
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = if let Some(r) = rest.strip_prefix('[') {
-            let (h, after) = r.split_once(']').ok_or_else(|| format!("unclosed '[' in {s:?}"))?;
+            let (h, after) = r
+                .split_once(']')
+                .ok_or_else(|| format!("unclosed '[' in {s:?}"))?;
             match after.strip_prefix(':') {
                 Some(p) => (h.to_string(), parse_port(p, s)?),
                 None if after.is_empty() => (h.to_string(), default_port),
@@ -245,7 +249,10 @@ impl MqttDevice {
     pub fn connection(&self, endpoint: &str, default_client_id: &str) -> Result<MqttConnection, String> {
         Ok(MqttConnection {
             address: BrokerAddress::parse(endpoint)?,
-            client_id: self.client_id.clone().unwrap_or_else(|| default_client_id.to_string()),
+            client_id: self
+                .client_id
+                .clone()
+                .unwrap_or_else(|| default_client_id.to_string()),
             username: self.username.clone(),
             password: self.password.clone(),
             version: self.version,
@@ -354,7 +361,10 @@ impl MqttSinkConfig {
     pub fn connection(&self, default_client_id: &str) -> Result<MqttConnection, String> {
         Ok(MqttConnection {
             address: BrokerAddress::parse(&self.url)?,
-            client_id: self.client_id.clone().unwrap_or_else(|| default_client_id.to_string()),
+            client_id: self
+                .client_id
+                .clone()
+                .unwrap_or_else(|| default_client_id.to_string()),
             username: self.username.clone(),
             password: self.password.clone(),
             version: self.version,
@@ -420,7 +430,9 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, l) in levels.iter().enumerate() {
         if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
-            return Err(format!("'#' must be a whole level and the last one in {filter:?}"));
+            return Err(format!(
+                "'#' must be a whole level and the last one in {filter:?}"
+            ));
         }
         if l.contains('+') && *l != "+" {
             return Err(format!("'+' must be a whole level in {filter:?}"));

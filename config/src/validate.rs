@@ -484,7 +484,10 @@ fn tls_files(
     for (k, f) in [("ca_file", ca), ("cert_file", cert), ("key_file", key)] {
         if let Some(f) = f {
             if !f.is_file() {
-                e(&format!("{prefix}{k}"), format!("{} is not a readable file", f.display()));
+                e(
+                    &format!("{prefix}{k}"),
+                    format!("{} is not a readable file", f.display()),
+                );
             }
         }
     }
@@ -525,10 +528,23 @@ fn mqtt_device(d: &DeviceConfig, m: &crate::mqtt::MqttDevice, e: &mut impl FnMut
         json_pointer(e, "timestamp_pointer", p);
     }
     if let Some(t) = &m.topic {
-        if let Err(msg) = crate::mqtt::check_filter(&crate::mqtt::expand_topic(t, &d.name, "x")) {
+        let f = crate::mqtt::expand_topic(t, &d.name, "x");
+        if let Err(msg) = crate::mqtt::check_filter(&f).and_then(|()| not_shared(&f)) {
             e("topic", msg);
         }
     }
+}
+
+/// `$share/group/filter` delivers each message to one member of a group:
+/// a device's persistent session is its own, so shared subscriptions are
+/// refused rather than silently matching nothing.
+fn not_shared(filter: &str) -> Result<(), String> {
+    if filter.starts_with("$share/") {
+        return Err(format!(
+            "{filter:?}: shared subscriptions ($share/…) are not supported; subscribe to the topic itself"
+        ));
+    }
+    Ok(())
 }
 
 fn json_pointer(e: &mut impl FnMut(&str, String), key: &str, p: &str) {
@@ -567,8 +583,12 @@ fn mqtt_tag(
         ),
         Some(tpl) => {
             let filter = crate::mqtt::expand_topic(tpl, &d.name, &t.name);
-            if let Err(msg) = crate::mqtt::check_filter(&filter) {
-                let key = if o.topic.is_some() { k("topic") } else { "topic".to_string() };
+            if let Err(msg) = crate::mqtt::check_filter(&filter).and_then(|()| not_shared(&filter)) {
+                let key = if o.topic.is_some() {
+                    k("topic")
+                } else {
+                    "topic".to_string()
+                };
                 e(&key, format!("{msg} (tag {:?})", t.name));
             }
         }
@@ -589,12 +609,16 @@ fn mqtt_tag(
         }
     }
     if format == PayloadFormat::Raw && t.data_type == DataType::DateTime {
-        e(&k("data_type"), "a raw payload cannot hold a DateTime; use json or plain".into());
+        e(
+            &k("data_type"),
+            "a raw payload cannot hold a DateTime; use json or plain".into(),
+        );
     }
     if let Some(p) = &o.timestamp_pointer {
         json_pointer(e, &k("timestamp_pointer"), p);
     }
-    if (o.timestamp_pointer.is_some() || m.timestamp_pointer.is_some()) && format != PayloadFormat::Json {
+    // A device-level pointer applies to the JSON tags only.
+    if o.timestamp_pointer.is_some() && format != PayloadFormat::Json {
         e(
             &k("timestamp_pointer"),
             "only a json payload carries a timestamp".into(),

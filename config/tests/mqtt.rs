@@ -8,24 +8,24 @@ use config::{Config, ConfigErrors, DriverOptions, MqttVersion, PayloadFormat, Si
 const GATEWAY: &str = "gateway_id = \"gw-7\"\ndata_dir = \"data\"\n";
 
 const DEVICE: &str = concat!(
-    "name = \"press\"\n",                        // 1
-    "protocol = \"mqtt\"\n",                     // 2
-    "endpoint = \"mqtt://127.0.0.1:1883\"\n",    // 3
-    "topic = \"plant/{device}/{tag}\"\n",        // 4
-    "format = \"plain\"\n",                      // 5
-    "\n",                                        // 6
-    "[[tags]]\n",                                // 7
-    "name = \"temp\"\n",                         // 8
-    "address = \"payload\"\n",                   // 9
-    "data_type = \"Double\"\n",                  // 10
-    "\n",                                        // 11
-    "[[tags]]\n",                                // 12
-    "name = \"state\"\n",                        // 13
-    "address = \"/machine/state\"\n",            // 14
-    "data_type = \"String\"\n",                  // 15
-    "topic = \"plant/+/json\"\n",                // 16
-    "format = \"json\"\n",                       // 17
-    "timestamp_pointer = \"/ts\"\n",             // 18
+    "name = \"press\"\n",                     // 1
+    "protocol = \"mqtt\"\n",                  // 2
+    "endpoint = \"mqtt://127.0.0.1:1883\"\n", // 3
+    "topic = \"plant/{device}/{tag}\"\n",     // 4
+    "format = \"plain\"\n",                   // 5
+    "\n",                                     // 6
+    "[[tags]]\n",                             // 7
+    "name = \"temp\"\n",                      // 8
+    "address = \"payload\"\n",                // 9
+    "data_type = \"Double\"\n",               // 10
+    "\n",                                     // 11
+    "[[tags]]\n",                             // 12
+    "name = \"state\"\n",                     // 13
+    "address = \"/machine/state\"\n",         // 14
+    "data_type = \"String\"\n",               // 15
+    "topic = \"plant/+/json\"\n",             // 16
+    "format = \"json\"\n",                    // 17
+    "timestamp_pointer = \"/ts\"\n",          // 18
 );
 
 fn load(gateway: &str, device: &str) -> Result<Config, ConfigErrors> {
@@ -55,7 +55,10 @@ fn expect(errs: &ConfigErrors, file: &str, key: &str, pos: (usize, usize), fragm
             && (e.line, e.column) == (Some(pos.0), Some(pos.1))
             && e.message.contains(fragment)
     });
-    assert!(found, "no error `{key}` at {pos:?} containing {fragment:?} in {file}; got:\n{errs}");
+    assert!(
+        found,
+        "no error `{key}` at {pos:?} containing {fragment:?} in {file}; got:\n{errs}"
+    );
 }
 
 #[test]
@@ -75,7 +78,10 @@ fn an_mqtt_device_loads_with_its_defaults() {
     };
     assert_eq!(t.format, Some(PayloadFormat::Json));
     let conn = m.connection(&d.endpoint, "x").unwrap();
-    assert_eq!((conn.address.host.as_str(), conn.address.port), ("127.0.0.1", 1883));
+    assert_eq!(
+        (conn.address.host.as_str(), conn.address.port),
+        ("127.0.0.1", 1883)
+    );
 }
 
 #[test]
@@ -85,20 +91,34 @@ fn bad_mqtt_keys_are_refused_where_they_are() {
         .replace("address = \"payload\"", "address = \"/temp\"")
         .replace("address = \"/machine/state\"", "address = \"machine/state\"")
         .replace("topic = \"plant/+/json\"", "topic = \"plant/#/json\"")
-        .replace("timestamp_pointer = \"/ts\"", "timestamp_pointer = \"/ts\"\naccess = \"ReadWrite\"");
+        .replace(
+            "timestamp_pointer = \"/ts\"",
+            "timestamp_pointer = \"/ts\"\naccess = \"ReadWrite\"",
+        );
     let errs = errors(GATEWAY, &bad);
     let f = "press.toml";
     expect(&errs, f, "endpoint", (3, 12), "unknown scheme");
-    expect(&errs, f, "tags[0].address", (9, 11), "address must be \"payload\"");
+    expect(
+        &errs,
+        f,
+        "tags[0].address",
+        (9, 11),
+        "address must be \"payload\"",
+    );
     expect(&errs, f, "tags[1].address", (14, 11), "is not a JSON pointer");
-    expect(&errs, f, "tags[1].topic", (16, 9), "'#' must be a whole level and the last one");
+    expect(
+        &errs,
+        f,
+        "tags[1].topic",
+        (16, 9),
+        "'#' must be a whole level and the last one",
+    );
     expect(&errs, f, "tags[1].access", (19, 10), "read-only");
 }
 
 #[test]
 fn qos_version_topic_and_tls_are_checked() {
-    let bad = DEVICE
-        .replace("format = \"plain\"\n", "format = \"plain\"\nqos = 3\n");
+    let bad = DEVICE.replace("format = \"plain\"\n", "format = \"plain\"\nqos = 3\n");
     let errs = errors(GATEWAY, &bad);
     expect(&errs, "press.toml", "qos", (6, 7), "qos must be 0, 1 or 2");
 
@@ -106,19 +126,45 @@ fn qos_version_topic_and_tls_are_checked() {
     let bad = DEVICE.replace("topic = \"plant/{device}/{tag}\"\n", "\n");
     let errs = errors(GATEWAY, &bad);
     assert!(
-        errs.iter().any(|e| e.key == "tags[0].topic" && e.message.contains("needs a topic")),
+        errs.iter()
+            .any(|e| e.key == "tags[0].topic" && e.message.contains("needs a topic")),
         "{errs}"
     );
 
     // TLS without a CA, and a client certificate without its key.
-    let bad = DEVICE.replace("mqtt://127.0.0.1:1883", "mqtts://broker:8883").replace(
-        "format = \"plain\"\n",
-        "format = \"plain\"\ncert_file = \"client.pem\"\n",
-    );
+    let bad = DEVICE
+        .replace("mqtt://127.0.0.1:1883", "mqtts://broker:8883")
+        .replace(
+            "format = \"plain\"\n",
+            "format = \"plain\"\ncert_file = \"client.pem\"\n",
+        );
     let errs = errors(GATEWAY, &bad);
-    assert!(errs.iter().any(|e| e.key == "ca_file" && e.message.contains("TLS needs ca_file")), "{errs}");
-    assert!(errs.iter().any(|e| e.key == "cert_file" && e.message.contains("both cert_file and key_file")), "{errs}");
-    assert!(errs.iter().any(|e| e.key == "cert_file" && e.message.contains("not a readable file")), "{errs}");
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "ca_file" && e.message.contains("TLS needs ca_file")),
+        "{errs}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "cert_file" && e.message.contains("both cert_file and key_file")),
+        "{errs}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "cert_file" && e.message.contains("not a readable file")),
+        "{errs}"
+    );
+
+    // Shared subscriptions would never match a tag.
+    let bad = DEVICE.replace("plant/+/json", "$share/g/plant/+/json");
+    let errs = errors(GATEWAY, &bad);
+    expect(
+        &errs,
+        "press.toml",
+        "tags[1].topic",
+        (16, 9),
+        "shared subscriptions",
+    );
 
     let bad = DEVICE.replace("format = \"plain\"\n", "format = \"plain\"\nversion = \"4.0\"\n");
     let errs = errors(GATEWAY, &bad);
@@ -142,6 +188,14 @@ fn the_mqtt_sink_loads_and_its_topics_and_client_id_are_checked() {
         "{GATEWAY}[sinks.north]\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\nevent_topic = \"gw/+/events\"\nclient_id = \"gw-7-press\"\n"
     );
     let errs = errors(&gw, DEVICE);
-    assert!(errs.iter().any(|e| e.key == "sinks.north.event_topic" && e.message.contains("cannot hold")), "{errs}");
-    assert!(errs.iter().any(|e| e.message.contains("also used by device \"press\"")), "{errs}");
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "sinks.north.event_topic" && e.message.contains("cannot hold")),
+        "{errs}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("also used by device \"press\"")),
+        "{errs}"
+    );
 }

@@ -30,7 +30,7 @@
 //! | `gateway_task_restarts_total` | counter | task, kind = driver, sink |
 //! | `gateway_sink_frames_written_total`, `gateway_sink_retries_total`, `gateway_sink_failures_total`, `gateway_sink_dead_lettered_total` | counter | sink (the InfluxDB sink counts points written) |
 //! | `gateway_sink_write_errors_total` | counter | sink, cause = network, timeout, throttled, server, unauthorized, refused (InfluxDB); unreachable, timeout, schema, unauthorized, rejected, unmatched (PostgreSQL) |
-//! | `gateway_sink_up` | gauge | sink (PostgreSQL store: 1 while it can write, 0 while it retries) |
+//! | `gateway_sink_up` | gauge | sink (PostgreSQL store, webhook and MQTT sinks: 1 while it can write, 0 while it retries) |
 //! | `gateway_sink_write_duration_seconds` | histogram | sink (one write request of the InfluxDB sink, one batch transaction of the PostgreSQL store) |
 //! | `gateway_config_reloads_total` | counter | result = ok, error |
 //! | `gateway_alert_evaluations_total` | counter | (rule conditions evaluated, on samples and on ticks) |

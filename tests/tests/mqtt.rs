@@ -16,6 +16,18 @@ use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// The ground truth where another sink consumes the bus (the WAL deletes
+/// what every consumer acknowledged): a file sink with every frame once.
+const ARCHIVE: &str = "\n[sinks.archive]\ntype = \"file\"\npath = \"archive.jsonl\"\n";
+
+fn archive_frames(demo: &DemoDir) -> Vec<Value> {
+    std::fs::read_to_string(demo.data().join("archive.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("archive line is JSON"))
+        .collect()
+}
+
 fn stop(mut g: Gateway) {
     g.signal(libc::SIGTERM);
     assert!(g.wait_exit(LIMIT).success(), "{}", g.log_text());
@@ -30,9 +42,18 @@ fn kill(mut g: Gateway) {
 fn parse_errors(g: &Gateway) -> BTreeMap<String, u64> {
     let (_, body) = g.get("/metrics").expect("metrics");
     let mut out = BTreeMap::new();
-    for line in body.lines().filter(|l| l.starts_with("gateway_mqtt_parse_errors_total{")) {
-        let reason = line.split("reason=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
-        let v: f64 = line.rsplit_once(' ').map_or(0.0, |(_, v)| v.parse().unwrap_or(0.0));
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("gateway_mqtt_parse_errors_total{"))
+    {
+        let reason = line
+            .split("reason=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("");
+        let v: f64 = line
+            .rsplit_once(' ')
+            .map_or(0.0, |(_, v)| v.parse().unwrap_or(0.0));
         *out.entry(reason.to_string()).or_default() += v as u64;
     }
     out
@@ -58,6 +79,7 @@ fn device(name: &str, broker: &str, body: &str) -> (String, String) {
 
 #[test]
 fn json_plain_raw_and_templated_topics_map_to_devices_tags_and_values() {
+    // `press` speaks MQTT 5, the ovens 3.1.1.
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(tmp.path());
     let url = broker.url();
@@ -65,6 +87,7 @@ fn json_plain_raw_and_templated_topics_map_to_devices_tags_and_values() {
         "press",
         &url,
         r#"topic = "plant/line1/press"
+version = "5"
 timestamp_pointer = "/ts"
 timestamp_format = "rfc3339"
 
@@ -174,7 +197,14 @@ format = "raw"
             .unwrap()
             .iter()
             .find(|d| d["name"] == dev)
-            .and_then(|d| d["tags"].as_array().unwrap().iter().find(|t| t["name"] == tag).cloned())
+            .and_then(|d| {
+                d["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|t| t["name"] == tag)
+                    .cloned()
+            })
             .unwrap_or_else(|| panic!("{dev}/{tag} in status: {st}"))
     };
     assert_eq!(value("press", "temp")["value"], json!(23.5));
@@ -182,7 +212,10 @@ format = "raw"
     assert_eq!(value("press", "count")["value"], json!(7));
     assert_eq!(value("press", "mode")["value"], json!("AUTO"));
     // The payload's time (08:00:00.5+08:00), not the receive time.
-    assert_eq!(value("press", "temp")["timestamp"], json!("2026-11-24T00:00:00.500Z"));
+    assert_eq!(
+        value("press", "temp")["timestamp"],
+        json!("2026-11-24T00:00:00.500Z")
+    );
     assert_eq!(value("oven-a", "temp")["value"], json!(180.5));
     assert_eq!(value("oven-a", "door")["value"], json!(true));
     assert_eq!(value("oven-a", "alarm")["value"], json!("overheat"));
@@ -195,7 +228,7 @@ format = "raw"
     let frames = wal_frames(&demo.wal());
     let press = common::latest_samples(&frames, "press");
     assert_eq!(press["temp"]["value"], json!(23.5));
-    assert_eq!(press["temp"]["raw_value"], json!(235));
+    assert_eq!(press["temp"]["raw_value"], json!(235.0));
     assert_eq!(press["temp"]["ts_ns"], json!(1_795_478_400_500_000_000u64));
     assert_eq!(wal_values(&frames, "oven-a", "alarm"), vec![json!("overheat")]);
     for d in ["press", "oven-a", "oven-b"] {
@@ -216,7 +249,7 @@ fn malformed_payloads_are_counted_acknowledged_and_the_stream_goes_on() {
         "meter",
         &broker.url(),
         r#"topic = "meter/data"
-max_payload = "1KiB"
+max_payload = "128KiB"
 
 [[tags]]
 name = "v"
@@ -253,9 +286,11 @@ timestamp_format = "epoch_ms"
     );
     let demo = DemoDir::with_devices(&[meter]);
     let mut g = Gateway::start(&demo, &[]);
-    g.wait_until("meter Online", LIMIT, |g| g.status()["devices"][0]["status"] == "Online");
+    g.wait_until("meter Online", LIMIT, |g| {
+        g.status()["devices"][0]["status"] == "Online"
+    });
     let deep = "[".repeat(100_000);
-    let big = format!("{{\"v\": 1, \"pad\": \"{}\"}}", "x".repeat(2048));
+    let big = format!("{{\"v\": 1, \"pad\": \"{}\"}}", "x".repeat(140 * 1024));
     // (topic, payload, reason it is counted under)
     let bad: Vec<(&str, Vec<u8>, &str)> = vec![
         ("meter/data", b"{not json".to_vec(), "not_json"),
@@ -271,7 +306,11 @@ timestamp_format = "epoch_ms"
         ("meter/plain", b"twelve".to_vec(), "wrong_type"),
         ("meter/raw", vec![1, 2, 3], "wrong_type"),
         ("meter/raw", f32::NAN.to_be_bytes().to_vec(), "out_of_range"),
-        ("meter/stamped", br#"{"v": 1, "ts": "yesterday"}"#.to_vec(), "bad_timestamp"),
+        (
+            "meter/stamped",
+            br#"{"v": 1, "ts": "yesterday"}"#.to_vec(),
+            "bad_timestamp",
+        ),
         ("meter/stamped", br#"{"v": 1}"#.to_vec(), "bad_timestamp"),
     ];
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
@@ -279,7 +318,11 @@ timestamp_format = "epoch_ms"
     for (n, (topic, payload, reason)) in bad.iter().enumerate() {
         broker.publish(topic, 1, payload);
         *expected.entry(reason.to_string()).or_default() += 1;
-        broker.publish("meter/data", 1, json!({"v": n as f64, "i": 1}).to_string().as_bytes());
+        broker.publish(
+            "meter/data",
+            1,
+            json!({"v": n as f64, "i": 1}).to_string().as_bytes(),
+        );
     }
     g.wait_until("every good value", LIMIT, |g| {
         g.metric_sum("gateway_mqtt_messages_acked_total") == Some((2 * bad.len()) as f64)
@@ -296,25 +339,32 @@ timestamp_format = "epoch_ms"
     let good: Vec<Value> = (0..bad.len()).map(|n| json!(n as f64)).collect();
     // `{"v": 1.5, "i": 300}` kept v = 1.5 (only i was out of range).
     let mut want = good.clone();
-    want.insert(5, json!(1.5));
+    want.insert(4, json!(1.5));
     assert_eq!(v, want, "values of v in WAL order");
 }
 
 /// Numbers `from..=to` as JSON lines `{"n": N, "ts": BASE + N}`.
 fn numbered(from: u64, to: u64, base_ms: u64) -> Vec<String> {
-    (from..=to).map(|n| format!("{{\"n\":{n},\"ts\":{}}}", base_ms + n)).collect()
+    (from..=to)
+        .map(|n| format!("{{\"n\":{n},\"ts\":{}}}", base_ms + n))
+        .collect()
 }
 
-fn numbers_in_wal(frames: &[Value], device: &str) -> Vec<u64> {
-    wal_values(frames, device, "n").iter().filter_map(Value::as_u64).collect()
+fn numbers_in(frames: &[Value], device: &str) -> Vec<u64> {
+    wal_values(frames, device, "n")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect()
 }
 
-fn counter_device(broker: &str) -> (String, String) {
+fn counter_device(broker: &str, extra: &str) -> (String, String) {
     device(
         "seq",
         broker,
-        r#"topic = "stream/seq"
+        &format!(
+            r#"topic = "stream/seq"
 qos = 1
+{extra}
 timestamp_pointer = "/ts"
 timestamp_format = "epoch_ms"
 
@@ -322,74 +372,114 @@ timestamp_format = "epoch_ms"
 name = "n"
 address = "/n"
 data_type = "UInt32"
-"#,
+"#
+        ),
     )
 }
 
 #[test]
 fn sigkill_southbound_loses_no_qos1_message_and_influx_stores_each_once() {
-    const N: u64 = 3000;
+    const N: u64 = 40_000;
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(tmp.path());
     let influx = Influxd::start(tmp.path());
+    influx.query("", "CREATE DATABASE gw");
     let sink = format!(
-        "\n[sinks.influx]\ntype = \"influxdb\"\nurl = \"{}\"\napi = \"v1\"\ndatabase = \"gw\"\n\
+        "{ARCHIVE}\n[sinks.influx]\ntype = \"influxdb\"\nurl = \"{}\"\napi = \"v1\"\ndatabase = \"gw\"\n\
          batch_lines = 500\nflush_interval = \"100ms\"\nmax_retry_interval = \"500ms\"\n",
         influx.url
     );
-    let demo = DemoDir::with_gateway(&[counter_device(&broker.url())], &sink);
+    // MQTT 3.1.1 (the 5 path is covered by the broker restart test).
+    let demo = DemoDir::with_gateway(&[counter_device(&broker.url(), "")], &sink);
     let base_ms = 1_790_000_000_000u64;
     // First start creates the persistent session (subscription) the
     // broker queues for while the gateway is dead.
     let mut g = Gateway::start(&demo, &[]);
-    g.wait_until("seq Online", LIMIT, |g| g.status()["devices"][0]["status"] == "Online");
-    let port = broker.port;
-    let publisher = std::thread::spawn(move || {
-        let b = Mosquitto::client_only(port);
-        for chunk in 0..(N / 100) {
-            let lines = numbered(chunk * 100 + 1, chunk * 100 + 100, base_ms);
-            assert!(b.publish_lines("stream/seq", 1, &lines), "mosquitto_pub failed");
-            std::thread::sleep(Duration::from_millis(40));
-        }
+    g.wait_until("seq Online", LIMIT, |g| {
+        g.status()["devices"][0]["status"] == "Online"
     });
-    let mut kills = 0;
-    let t0 = Instant::now();
-    while !publisher.is_finished() && kills < 4 {
-        std::thread::sleep(Duration::from_millis(300 + fastrand::u64(0..500)));
+    // The whole stream is published at full speed: the broker queues it
+    // for the session and hands it out 20 unacknowledged messages at a
+    // time (`max_inflight_messages`), so the gateway is busy draining it
+    // when it is killed, with messages received and not yet acknowledged.
+    kill(g);
+    for chunk in 0..(N / 1000) {
+        let lines = numbered(chunk * 1000 + 1, chunk * 1000 + 1000, base_ms);
+        assert!(
+            broker.publish_lines("stream/seq", 1, &lines),
+            "mosquitto_pub failed"
+        );
+    }
+    let mut kills = 1;
+    g = Gateway::start(&demo, &[]);
+    while kills < 6 {
+        // Kill once it is draining, at a random point; stop when a new
+        // process gets nothing within 3 s (the queue is drained).
+        let t0 = Instant::now();
+        let received = |g: &Gateway| {
+            g.metric_sum("gateway_mqtt_messages_received_total")
+                .unwrap_or(0.0)
+        };
+        while received(&g) == 0.0 && t0.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if received(&g) == 0.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..60)));
+        eprintln!(
+            "kill {kills}: received {:?} acked {:?}",
+            g.metric_sum("gateway_mqtt_messages_received_total"),
+            g.metric_sum("gateway_mqtt_messages_acked_total")
+        );
         kill(g);
         kills += 1;
-        std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
         g = Gateway::start(&demo, &[]);
     }
-    publisher.join().unwrap();
-    assert!(kills >= 2, "the publisher finished too early ({:?})", t0.elapsed());
-    g.wait_until("every message acknowledged", LIMIT, |g| {
-        g.status()["devices"][0]["tags"][0]["value"] == json!(N)
+    assert!(kills >= 3, "the stream drained after {kills} kills");
+    // A last number after the last restart marks the end of the stream
+    // (the status API only knows values received by this process).
+    let last = N + 1;
+    assert!(broker.publish_lines("stream/seq", 1, &numbered(last, last, base_ms)));
+    g.wait_until("the last number", LIMIT, |g| {
+        g.status()["devices"][0]["tags"][0]["value"] == json!(last)
     });
     g.wait_until("influx caught up", LIMIT, |g| {
         g.metric_sum("gateway_consumer_lag_frames") == Some(0.0)
     });
     stop(g);
-    let frames = wal_frames(&demo.wal());
-    let got = numbers_in_wal(&frames, "seq");
+    let frames = archive_frames(&demo);
+    let got = numbers_in(&frames, "seq");
     let distinct: HashSet<u64> = got.iter().copied().collect();
-    let missing: Vec<u64> = (1..=N).filter(|n| !distinct.contains(n)).collect();
-    assert!(missing.is_empty(), "{} numbers missing from the WAL, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
-    let dups = got.len() as u64 - N;
-    eprintln!("southbound SIGKILL x{kills}: {} samples in the WAL for {N} messages ({dups} redelivered)", got.len());
-    // Each redelivered message was received but not acknowledged when the
-    // gateway died: at most Mosquitto's in-flight window (20) per kill.
-    assert!(dups <= 20 * kills, "{dups} duplicates for {kills} kills");
+    let missing: Vec<u64> = (1..=last).filter(|n| !distinct.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} numbers missing from the bus, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let dups = got.len() as u64 - last;
+    eprintln!(
+        "southbound SIGKILL x{kills}: {} samples on the bus for {last} messages ({dups} redelivered)",
+        got.len()
+    );
+    // Redelivered = received by a killed process and not acknowledged
+    // (or, with Mosquitto 2.0.11 flushing a backlog, acknowledged beyond
+    // the in-flight window it exceeded; see docs/drivers/mqtt.md). The
+    // kills must hit such messages, or the test proves nothing about
+    // acknowledging only after the WAL: an early ack would lose them.
+    assert!(dups > 0, "no kill hit an unacknowledged message");
     // De-duplicated by timestamp, InfluxDB holds each number once.
-    let rows = influx.rows("gw", "SELECT n FROM device_data WHERE device = 'seq'");
-    let stored: Vec<u64> = rows.iter().filter_map(|r| r["n"].as_u64()).collect();
-    assert_eq!(stored.len() as u64, N, "points in InfluxDB");
+    let rows = influx.rows("gw", "SELECT value_uint FROM device_data WHERE tag_name = 'n'");
+    let stored: Vec<u64> = rows.iter().filter_map(|r| r["value_uint"].as_u64()).collect();
+    assert_eq!(stored.len() as u64, last, "points in InfluxDB");
     let set: HashSet<u64> = stored.iter().copied().collect();
-    assert_eq!(set.len() as u64, N);
+    assert_eq!(set, (1..=last).collect::<HashSet<u64>>());
 }
 
 #[test]
 fn broker_restart_mid_stream_loses_nothing_in_either_direction() {
+    // The device speaks MQTT 5, the sink 3.1.1.
     let tmp = tempfile::tempdir().unwrap();
     let mut broker = Mosquitto::start(tmp.path());
     let sim = (
@@ -409,58 +499,98 @@ step = 1
         .to_string(),
     );
     let sink = format!(
-        "\n[sinks.north]\ntype = \"mqtt\"\nurl = \"{}\"\nqos = 1\nmax_retry_interval = \"500ms\"\n",
+        "{ARCHIVE}\n[sinks.north]\ntype = \"mqtt\"\nurl = \"{}\"\nqos = 1\nmax_retry_interval = \"500ms\"\n",
         broker.url()
     );
     let sub = Subscriber::start(broker.port, "north-reader", "gateway/test-gw/line/count");
-    let demo = DemoDir::with_gateway(&[counter_device(&broker.url()), sim], &sink);
+    let demo = DemoDir::with_gateway(&[counter_device(&broker.url(), "version = \"5\""), sim], &sink);
     let mut g = Gateway::start(&demo, &[]);
     g.wait_until("seq Online", LIMIT, |g| {
-        g.status()["devices"].as_array().unwrap().iter().all(|d| d["status"] == "Online")
+        g.status()["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "Online")
     });
     let base_ms = 1_790_000_000_000u64;
     assert!(broker.publish_lines("stream/seq", 1, &numbered(1, 500, base_ms)));
     std::thread::sleep(Duration::from_millis(500));
     broker.stop();
     g.wait_until("seq Offline", LIMIT, |g| {
-        g.status()["devices"].as_array().unwrap().iter().any(|d| d["name"] == "seq" && d["status"] == "Offline")
+        g.status()["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "seq" && d["status"] == "Offline")
     });
     // Northbound frames wait in the WAL meanwhile.
     std::thread::sleep(Duration::from_secs(2));
     broker.restart();
     assert!(broker.publish_lines("stream/seq", 1, &numbered(501, 1000, base_ms)));
     g.wait_until("all 1000 numbers", LIMIT, |g| {
-        g.status()["devices"].as_array().unwrap().iter().any(|d| d["name"] == "seq" && d["tags"][0]["value"] == json!(1000))
+        g.status()["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "seq" && d["tags"][0]["value"] == json!(1000))
     });
     // Stop the simulator and let the sink drain.
     let path = demo.dir.path().join("devices/line.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replacen('\n', "\nenabled = false\n", 1)).unwrap();
     g.signal(libc::SIGHUP);
-    g.wait_until("sink caught up", LIMIT, |g| g.metric_sum("gateway_consumer_lag_frames") == Some(0.0));
+    g.wait_until("sink caught up", LIMIT, |g| {
+        g.metric_sum("gateway_consumer_lag_frames") == Some(0.0)
+    });
     std::thread::sleep(Duration::from_millis(500));
     stop(g);
-    let frames = wal_frames(&demo.wal());
-    let got: HashSet<u64> = numbers_in_wal(&frames, "seq").into_iter().collect();
+    let frames = archive_frames(&demo);
+    let got: HashSet<u64> = numbers_in(&frames, "seq").into_iter().collect();
     let missing: Vec<u64> = (1..=1000).filter(|n| !got.contains(n)).collect();
-    assert!(missing.is_empty(), "southbound lost {} numbers across the broker restart: {:?}", missing.len(), &missing[..missing.len().min(10)]);
-    let sent: Vec<u64> = wal_values(&frames, "line", "count").iter().filter_map(Value::as_u64).collect();
+    assert!(
+        missing.is_empty(),
+        "southbound lost {} numbers across the broker restart: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let sent = frame_seqs(&frames, "line");
     let received: Vec<u64> = sub
         .messages()
         .iter()
-        .map(|(_, p)| serde_json::from_slice::<Value>(p).unwrap()["value"].as_u64().unwrap())
+        .map(|(_, p)| {
+            serde_json::from_slice::<Value>(p).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     check_order(&sent, &received, "broker restart");
 }
 
-/// Every value the WAL holds was received, and in order: a value lower
-/// than the previous one only starts a replay of the unconfirmed window.
+/// The bus seqs of `device`'s data frames (one sample each here): the
+/// identity of a northbound message (its `seq` field), unique across
+/// restarts, unlike the simulator's counter, which starts again at 1.
+fn frame_seqs(frames: &[Value], device: &str) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "DATA" && f["device"] == device)
+        .filter_map(|f| f["seq"].as_u64())
+        .collect()
+}
+
+/// Every frame the bus holds was received, and in order: a seq lower than
+/// the previous one only starts a replay of the unconfirmed window.
 /// Returns the number of duplicates.
 fn check_order(sent: &[u64], received: &[u64], what: &str) -> usize {
     assert!(!sent.is_empty(), "{what}: the simulator published nothing");
     let got: HashSet<u64> = received.iter().copied().collect();
     let missing: Vec<u64> = sent.iter().copied().filter(|v| !got.contains(v)).collect();
-    assert!(missing.is_empty(), "{what}: {} of {} values never reached the subscriber, e.g. {:?}", missing.len(), sent.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{what}: {} of {} values never reached the subscriber, e.g. {:?}",
+        missing.len(),
+        sent.len(),
+        &missing[..missing.len().min(10)]
+    );
     // In order: after de-duplication (first arrival of each value), the
     // values come in WAL order.
     let mut seen = HashSet::new();
@@ -491,7 +621,7 @@ step = 1
         .to_string(),
     );
     let sink = format!(
-        "\n[sinks.north]\ntype = \"mqtt\"\nurl = \"{}\"\nqos = 1\nmax_inflight = 50\n",
+        "{ARCHIVE}\n[sinks.north]\ntype = \"mqtt\"\nurl = \"{}\"\nqos = 1\nmax_inflight = 50\n",
         broker.url()
     );
     let sub = Subscriber::start(broker.port, "north-sigkill", "gateway/test-gw/#");
@@ -509,16 +639,22 @@ step = 1
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replacen('\n', "\nenabled = false\n", 1)).unwrap();
     g.signal(libc::SIGHUP);
-    g.wait_until("sink caught up", LIMIT, |g| g.metric_sum("gateway_consumer_lag_frames") == Some(0.0));
+    g.wait_until("sink caught up", LIMIT, |g| {
+        g.metric_sum("gateway_consumer_lag_frames") == Some(0.0)
+    });
     std::thread::sleep(Duration::from_millis(500));
     stop(g);
-    let frames = wal_frames(&demo.wal());
-    let sent: Vec<u64> = wal_values(&frames, "line", "count").iter().filter_map(Value::as_u64).collect();
+    let frames = archive_frames(&demo);
+    let sent = frame_seqs(&frames, "line");
     let msgs = sub.messages();
     let samples: Vec<u64> = msgs
         .iter()
         .filter(|(t, _)| t == "gateway/test-gw/line/count")
-        .map(|(_, p)| serde_json::from_slice::<Value>(p).unwrap()["value"].as_u64().unwrap())
+        .map(|(_, p)| {
+            serde_json::from_slice::<Value>(p).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     let dups = check_order(&sent, &samples, "SIGKILL");
     eprintln!(
@@ -530,7 +666,10 @@ step = 1
     // the persisted cursor when the process died: at most the in-flight
     // window plus what 10 ms polls produce in the bus's cursor flush
     // interval (100 ms) — bounded generously by 2x.
-    assert!(dups <= kills * 2 * (50 + 20), "{dups} duplicates for {kills} kills");
+    assert!(
+        dups <= kills * 2 * (50 + 20),
+        "{dups} duplicates for {kills} kills"
+    );
     // Birth and will: the retained status ends `offline` after the clean stop,
     // and `online` was announced at each start.
     let status: Vec<String> = msgs
@@ -538,8 +677,15 @@ step = 1
         .filter(|(t, _)| t == "gateway/test-gw/status")
         .map(|(_, p)| String::from_utf8_lossy(p).to_string())
         .collect();
-    assert!(status.iter().filter(|s| *s == "online").count() >= kills + 1, "{status:?}");
+    assert!(
+        status.iter().filter(|s| *s == "online").count() > kills,
+        "{status:?}"
+    );
     assert_eq!(status.last().map(String::as_str), Some("offline"), "{status:?}");
-    // Device status events went out on the events topic.
-    assert!(msgs.iter().any(|(t, _)| t == "gateway/test-gw/events/device_status_changed"));
+    // Events go out on the events topic: the audited SIGHUP reload.
+    assert!(
+        msgs.iter().any(|(t, _)| t == "gateway/test-gw/events/audit"),
+        "no audit event among {} messages",
+        msgs.len()
+    );
 }

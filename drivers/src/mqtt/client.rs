@@ -18,8 +18,23 @@ const REQUEST_CAPACITY: usize = 65_536;
 
 /// Why a connection could not be set up or went down.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct MqttError(pub String);
+#[error("{message}")]
+pub struct MqttError {
+    pub message: String,
+    /// The broker refused the connection (CONNACK with an error: bad
+    /// credentials, not authorized, bad client id): retrying alone will
+    /// not fix it.
+    pub refused: bool,
+}
+
+impl MqttError {
+    fn new(message: impl Into<String>) -> MqttError {
+        MqttError {
+            message: message.into(),
+            refused: false,
+        }
+    }
+}
 
 /// A received PUBLISH, kept until it is acknowledged.
 #[derive(Debug, Clone)]
@@ -60,15 +75,25 @@ impl Received {
 pub enum Event {
     /// CONNACK accepted; `session_present` = the broker kept our session
     /// (subscriptions and undelivered messages).
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     Message(Received),
     /// A PUBLISH of ours went out with this packet id (0 for QoS 0), in
     /// the order the publishes were queued.
     Sent(u16),
     /// The broker confirmed a QoS 1 (PUBACK) or QoS 2 (PUBCOMP) publish.
     Confirmed(u16),
+    /// MQTT 5: the broker refused a publish (PUBACK or PUBREC with an
+    /// error reason, e.g. not authorized); it will not be confirmed.
+    Refused {
+        pkid: u16,
+        reason: String,
+    },
     /// SUBACK: how many filters the broker refused.
-    Subscribed { refused: usize },
+    Subscribed {
+        refused: usize,
+    },
     Other,
 }
 
@@ -116,7 +141,7 @@ fn qos5(q: Qos) -> r5::mqttbytes::QoS {
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, MqttError> {
-    std::fs::read(path).map_err(|e| MqttError(format!("{}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| MqttError::new(format!("{}: {e}", path.display())))
 }
 
 /// The TLS transport of `c`, or plain TCP.
@@ -129,17 +154,19 @@ fn transport(c: &MqttConnection) -> Result<rumqttc::Transport, MqttError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = match &c.ca_file {
         Some(p) => read(p)?,
-        None => return Err(MqttError("TLS needs ca_file".into())),
+        None => return Err(MqttError::new("TLS needs ca_file")),
     };
     let client_auth = match (&c.cert_file, &c.key_file) {
         (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
         _ => None,
     };
-    Ok(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth,
-    }))
+    Ok(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        },
+    ))
 }
 
 /// Sets up a connection (nothing is sent before the event loop is polled).
@@ -156,7 +183,8 @@ pub fn connect(c: &MqttConnection, o: Options) -> Result<(Client, EventLoop), Mq
                 .set_request_channel_capacity(REQUEST_CAPACITY)
                 .set_transport(transport);
             let size = usize::try_from(c.max_packet_size).unwrap_or(usize::MAX);
-            m.set_max_packet_size(size, size.max(1 << 20));
+            // Outgoing: anything MQTT can carry (the sink bounds its messages).
+            m.set_max_packet_size(size, config::mqtt::MQTT_MAX_PACKET as usize);
             if let Some(u) = &c.username {
                 m.set_credentials(u.clone(), c.password.clone().unwrap_or_default());
             }
@@ -206,7 +234,7 @@ impl Client {
             (Client::V5(c), Received::V5(p)) => c.try_ack(p).map_err(|e| e.to_string()),
             _ => Err("message of another protocol version".into()),
         };
-        r.map_err(|e| MqttError(format!("ack: {e}")))
+        r.map_err(|e| MqttError::new(format!("ack: {e}")))
     }
 
     pub fn subscribe(&self, filters: &[String], qos: Qos) -> Result<(), MqttError> {
@@ -214,7 +242,11 @@ impl Client {
         for chunk in filters.chunks(64) {
             let r = match self {
                 Client::V4(c) => c
-                    .try_subscribe_many(chunk.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos4(qos))))
+                    .try_subscribe_many(
+                        chunk
+                            .iter()
+                            .map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos4(qos))),
+                    )
                     .map_err(|e| e.to_string()),
                 Client::V5(c) => c
                     .try_subscribe_many(
@@ -224,7 +256,7 @@ impl Client {
                     )
                     .map_err(|e| e.to_string()),
             };
-            r.map_err(|e| MqttError(format!("subscribe: {e}")))?;
+            r.map_err(|e| MqttError::new(format!("subscribe: {e}")))?;
         }
         Ok(())
     }
@@ -238,7 +270,7 @@ impl Client {
                 .try_publish(m.topic, qos5(m.qos), m.retain, m.payload)
                 .map_err(|e| e.to_string()),
         };
-        r.map_err(|e| MqttError(format!("publish: {e}")))
+        r.map_err(|e| MqttError::new(format!("publish: {e}")))
     }
 
     pub fn disconnect(&self) {
@@ -250,6 +282,67 @@ impl Client {
 }
 
 impl EventLoop {
+    /// Acknowledges received QoS 1/2 messages now. With 3.1.1 the PUBACKs
+    /// (PUBRECs) are written straight to the socket: through the request
+    /// queue they would wait, because rumqttc's event loop writes one
+    /// request per turn while it reads up to ten packets, so under a flood
+    /// acknowledgements fall far behind (and a crash redelivers all of
+    /// them). rumqttc keeps the 5 event loop's socket private: there the
+    /// acks go through the queue ([`Client::ack`]). Not connected: nothing
+    /// is sent (the broker redelivers).
+    pub async fn ack(&mut self, client: &Client, msgs: &[&Received]) -> Result<(), MqttError> {
+        match self {
+            EventLoop::V4(ev) => {
+                let ev = &mut **ev;
+                let Some(net) = ev.network.as_mut() else {
+                    return Ok(());
+                };
+                let mut failed = None;
+                for m in msgs {
+                    let Received::V4(p) = m else { continue };
+                    let req = match p.qos {
+                        rumqttc::QoS::AtLeastOnce => rumqttc::Request::PubAck(rumqttc::PubAck::new(p.pkid)),
+                        rumqttc::QoS::ExactlyOnce => rumqttc::Request::PubRec(rumqttc::PubRec::new(p.pkid)),
+                        rumqttc::QoS::AtMostOnce => continue,
+                    };
+                    match ev.state.handle_outgoing_packet(req) {
+                        Ok(Some(packet)) => {
+                            if let Err(e) = net.write(packet).await {
+                                failed = Some(e.to_string());
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                if failed.is_none() {
+                    if let Err(e) = net.flush().await {
+                        failed = Some(e.to_string());
+                    }
+                }
+                match failed {
+                    None => Ok(()),
+                    Some(e) => {
+                        // As the event loop does on a failed write: the
+                        // next poll reconnects.
+                        ev.clean();
+                        Err(MqttError::new(format!("ack: {e}")))
+                    }
+                }
+            }
+            EventLoop::V5(_) => {
+                for m in msgs {
+                    client.ack(m)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The next event; an error means the connection is down (the next
     /// poll reconnects: callers wait first, see [`backoff`]).
     pub async fn poll(&mut self) -> Result<Event, MqttError> {
@@ -272,7 +365,10 @@ impl EventLoop {
                     }),
                     Ok(E::Outgoing(O::Publish(pkid))) => Ok(Event::Sent(pkid)),
                     Ok(_) => Ok(Event::Other),
-                    Err(e) => Err(MqttError(e.to_string())),
+                    Err(e) => Err(MqttError {
+                        refused: matches!(e, rumqttc::ConnectionError::ConnectionRefused(_)),
+                        message: e.to_string(),
+                    }),
                 }
             }
             EventLoop::V5(ev) => {
@@ -283,7 +379,26 @@ impl EventLoop {
                         session_present: a.session_present,
                     }),
                     Ok(E::Incoming(P::Publish(p))) => Ok(Event::Message(Received::V5(p))),
-                    Ok(E::Incoming(P::PubAck(a))) => Ok(Event::Confirmed(a.pkid)),
+                    Ok(E::Incoming(P::PubAck(a))) => {
+                        use r5::mqttbytes::v5::PubAckReason as R;
+                        Ok(match a.reason {
+                            R::Success | R::NoMatchingSubscribers => Event::Confirmed(a.pkid),
+                            other => Event::Refused {
+                                pkid: a.pkid,
+                                reason: format!("{other:?}"),
+                            },
+                        })
+                    }
+                    Ok(E::Incoming(P::PubRec(a))) => {
+                        use r5::mqttbytes::v5::PubRecReason as R;
+                        Ok(match a.reason {
+                            R::Success | R::NoMatchingSubscribers => Event::Other,
+                            other => Event::Refused {
+                                pkid: a.pkid,
+                                reason: format!("{other:?}"),
+                            },
+                        })
+                    }
                     Ok(E::Incoming(P::PubComp(a))) => Ok(Event::Confirmed(a.pkid)),
                     Ok(E::Incoming(P::SubAck(s))) => Ok(Event::Subscribed {
                         refused: s
@@ -294,7 +409,10 @@ impl EventLoop {
                     }),
                     Ok(E::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Ok(Event::Sent(pkid)),
                     Ok(_) => Ok(Event::Other),
-                    Err(e) => Err(MqttError(e.to_string())),
+                    Err(e) => Err(MqttError {
+                        refused: matches!(e, r5::ConnectionError::ConnectionRefused(_)),
+                        message: e.to_string(),
+                    }),
                 }
             }
         }

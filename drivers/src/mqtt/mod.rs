@@ -117,13 +117,13 @@ impl BurstLog {
         if self.last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
             return;
         }
-        let shown: String = payload.iter().take(96).copied().map(char::from).map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '.'
-            }
-        }).collect();
+        let shown: String = payload
+            .iter()
+            .take(96)
+            .copied()
+            .map(char::from)
+            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '.' })
+            .collect();
         warn!(
             device,
             reason = reason.as_str(),
@@ -156,7 +156,8 @@ pub async fn run<H: DriverHost>(
         return Err(device_error(&device, "not an MQTT device"));
     };
     let conn = opts
-        .connection(&device.endpoint, &format!("gateway-rust-{}", device.name))
+        // The loader always sets `client_id` (`{gateway_id}-{device}`).
+        .connection(&device.endpoint, &device.name)
         .map_err(|e| device_error(&device, e))?;
     let router = Router::new(&device);
     if router.filters().is_empty() {
@@ -204,7 +205,7 @@ pub async fn run<H: DriverHost>(
             last_will: None,
         },
     )
-    .map_err(|e| device_error(&device, e.0))?;
+    .map_err(|e| device_error(&device, e.message))?;
     info!(
         device = device.name,
         broker = format!("{}:{}", conn.address.host, conn.address.port),
@@ -231,12 +232,15 @@ pub async fn run<H: DriverHost>(
         }
         *online = Some(up);
         host.connection_changed(up);
-        pending
-            .items
-            .push(Publication::Event(status_event(&device.name, up, reason, now_ns())));
+        pending.items.push(Publication::Event(status_event(
+            &device.name,
+            up,
+            reason,
+            now_ns(),
+        )));
     };
 
-    loop {
+    'run: loop {
         let quiet_at = last_message + opts.no_message_timeout.unwrap_or(far);
         tokio::select! {
             biased;
@@ -247,7 +251,19 @@ pub async fn run<H: DriverHost>(
             }
             s = settled_rx.recv() => {
                 let Some(s) = s else { continue };
-                ack_all(&client, &*host, epoch, s.acks).map_err(|e| device_error(&device, e.0))?;
+                let current: Vec<&Received> = s.acks.iter().filter(|(e, _)| *e == epoch).map(|(_, m)| m).collect();
+                if current.is_empty() {
+                    continue;
+                }
+                match events.ack(&client, &current).await {
+                    Ok(()) => host.messages_acked(current.len() as u64),
+                    Err(e) => {
+                        // The socket failed: the next poll reconnects, and
+                        // the broker redelivers what was not acknowledged.
+                        epoch += 1;
+                        warn!(device = device.name, error = e.message, "MQTT connection failed while acknowledging");
+                    }
+                }
             }
             permit = batch_tx.reserve(), if !pending.is_empty() => match permit {
                 Ok(p) => p.send(std::mem::take(&mut pending)),
@@ -278,7 +294,7 @@ pub async fn run<H: DriverHost>(
                     if !session_present || !subscribed {
                         client
                             .subscribe(router.filters(), opts.qos)
-                            .map_err(|e| device_error(&device, e.0))?;
+                            .map_err(|e| device_error(&device, e.message))?;
                         subscribed = true;
                     }
                     info!(device = device.name, session_present, "MQTT device connected");
@@ -306,18 +322,33 @@ pub async fn run<H: DriverHost>(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // Acks settled from now on belong to a dead connection:
+                    // on a new session their packet ids may name other
+                    // messages, so they are never sent (the broker
+                    // redelivers those messages instead).
+                    epoch += 1;
                     failures += 1;
                     let delay = device.retry.delay(failures);
                     if failures == 1 || online != Some(false) {
-                        warn!(device = device.name, error = e.0, retry_in = ?delay, "MQTT connection down");
+                        warn!(device = device.name, error = e.message, retry_in = ?delay, "MQTT connection down");
                     }
-                    set_online(&mut online, &mut pending, false, &e.0);
+                    set_online(&mut online, &mut pending, false, &e.message);
                     let until = tokio::time::Instant::now() + delay;
                     // Keep settling and publishing while waiting to reconnect.
                     loop {
                         tokio::select! {
                             biased;
-                            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
+                            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break 'run },
+                            w = writes.recv(), if writes_open => match w {
+                                Some(w) => {
+                                    let _ = w.reply.send(WriteResult::failed(
+                                        WriteStatus::Unsupported,
+                                        0,
+                                        "MQTT tags are read-only (subscriptions)",
+                                    ));
+                                }
+                                None => writes_open = false,
+                            },
                             s = settled_rx.recv() => if let Some(s) = s {
                                 // Their connection is gone: the broker redelivers them.
                                 drop(s);
@@ -349,7 +380,15 @@ pub async fn run<H: DriverHost>(
     drop(batch_tx);
     let published = publisher.await;
     while let Ok(s) = settled_rx.try_recv() {
-        let _ = ack_all(&client, &*host, epoch, s.acks);
+        let current: Vec<&Received> = s
+            .acks
+            .iter()
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, m)| m)
+            .collect();
+        if events.ack(&client, &current).await.is_ok() {
+            host.messages_acked(current.len() as u64);
+        }
     }
     client.disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -361,26 +400,6 @@ pub async fn run<H: DriverHost>(
         Ok(Ok(())) => Ok(()),
         other => Err(publisher_error(other)),
     }
-}
-
-/// Acknowledges the messages of the current connection (`epoch`).
-fn ack_all<H: DriverHost>(
-    client: &client::Client,
-    host: &H,
-    epoch: u64,
-    acks: Vec<(u64, Received)>,
-) -> Result<(), client::MqttError> {
-    let mut n = 0;
-    for (e, m) in acks {
-        if e == epoch {
-            client.ack(&m)?;
-            n += 1;
-        }
-    }
-    if n > 0 {
-        host.messages_acked(n);
-    }
-    Ok(())
 }
 
 /// The samples of one message (after deadband) and its report; malformed

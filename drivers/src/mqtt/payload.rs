@@ -107,7 +107,9 @@ impl<'a> Message<'a> {
                 from_json(tag.data_type, v)?
             }
             PayloadFormat::Plain => {
-                let text = std::str::from_utf8(self.payload).map_err(|_| Reason::NotUtf8)?.trim();
+                let text = std::str::from_utf8(self.payload)
+                    .map_err(|_| Reason::NotUtf8)?
+                    .trim();
                 if text.is_empty() {
                     return Err(Reason::Empty);
                 }
@@ -202,8 +204,8 @@ pub fn from_json(dt: DataType, v: &Json) -> Result<Raw, Reason> {
         Boolean => match v {
             Json::Bool(b) => Ok(Raw::Bool(*b)),
             Json::Number(n) => match n.as_f64() {
-                Some(f) if f == 0.0 => Ok(Raw::Bool(false)),
-                Some(f) if f == 1.0 => Ok(Raw::Bool(true)),
+                Some(0.0) => Ok(Raw::Bool(false)),
+                Some(1.0) => Ok(Raw::Bool(true)),
                 _ => Err(Reason::OutOfRange),
             },
             Json::String(s) => text_bool(s).map(Raw::Bool).ok_or(Reason::WrongType),
@@ -238,7 +240,11 @@ pub fn from_json(dt: DataType, v: &Json) -> Result<Raw, Reason> {
             Json::String(s) => Ok(Raw::Bytes(s.as_bytes().to_vec())),
             Json::Array(items) => items
                 .iter()
-                .map(|i| i.as_u64().and_then(|b| u8::try_from(b).ok()).ok_or(Reason::WrongType))
+                .map(|i| {
+                    i.as_u64()
+                        .and_then(|b| u8::try_from(b).ok())
+                        .ok_or(Reason::WrongType)
+                })
                 .collect::<Result<Vec<u8>, Reason>>()
                 .map(Raw::Bytes),
             _ => Err(Reason::WrongType),
@@ -246,9 +252,10 @@ pub fn from_json(dt: DataType, v: &Json) -> Result<Raw, Reason> {
         // Milliseconds since the epoch, from a number or an RFC 3339 string.
         DateTime => match v {
             Json::Number(n) => int_from(Int64, n),
-            Json::String(s) => match parse_rfc3339(s) {
-                Some(ns) => Ok(Raw::Int((ns / 1_000_000) as i64)),
-                None => Err(Reason::WrongType),
+            Json::String(s) => match (number_of(s), parse_rfc3339(s)) {
+                (Some(n), _) => int_from(Int64, &n),
+                (None, Some(ns)) => Ok(Raw::Int((ns / 1_000_000) as i64)),
+                (None, None) => Err(Reason::WrongType),
             },
             _ => Err(Reason::WrongType),
         },
@@ -279,8 +286,15 @@ pub fn from_bytes(dt: DataType, b: &[u8]) -> Result<Raw, Reason> {
             [_] => return Err(Reason::OutOfRange),
             _ => return Err(Reason::WrongType),
         },
-        Int8 => Raw::Int(i64::from(b.first().copied().filter(|_| b.len() == 1).ok_or(Reason::WrongType)? as i8)),
-        UInt8 => Raw::UInt(u64::from(*b.first().filter(|_| b.len() == 1).ok_or(Reason::WrongType)?)),
+        Int8 => Raw::Int(i64::from(
+            b.first()
+                .copied()
+                .filter(|_| b.len() == 1)
+                .ok_or(Reason::WrongType)? as i8,
+        )),
+        UInt8 => Raw::UInt(u64::from(
+            *b.first().filter(|_| b.len() == 1).ok_or(Reason::WrongType)?,
+        )),
         Int16 => Raw::Int(i64::from(u64::from_be_bytes(arr(2)?) as u16 as i16)),
         UInt16 => Raw::UInt(u64::from_be_bytes(arr(2)?)),
         Int32 => Raw::Int(i64::from(u64::from_be_bytes(arr(4)?) as u32 as i32)),
@@ -383,7 +397,10 @@ mod tests {
         assert_eq!(from_json(Boolean, &json!([1])), Err(Reason::WrongType));
         assert_eq!(from_json(String, &json!(1.5)), Ok(Raw::String("1.5".into())));
         assert_eq!(from_json(Double, &json!(null)), Err(Reason::Null));
-        assert_eq!(from_json(ByteArray, &json!([1, 2, 255])), Ok(Raw::Bytes(vec![1, 2, 255])));
+        assert_eq!(
+            from_json(ByteArray, &json!([1, 2, 255])),
+            Ok(Raw::Bytes(vec![1, 2, 255]))
+        );
         assert_eq!(from_json(ByteArray, &json!([256])), Err(Reason::WrongType));
         assert_eq!(
             from_json(DateTime, &json!("2026-11-24T00:00:01Z")),
@@ -398,7 +415,10 @@ mod tests {
         assert_eq!(from_bytes(UInt32, &[0, 0, 1, 0]), Ok(Raw::UInt(256)));
         assert_eq!(from_bytes(Float, &1.5f32.to_be_bytes()), Ok(Raw::Float(1.5)));
         assert_eq!(from_bytes(Float, &[0, 0, 0]), Err(Reason::WrongType));
-        assert_eq!(from_bytes(Double, &f64::NAN.to_be_bytes()), Err(Reason::OutOfRange));
+        assert_eq!(
+            from_bytes(Double, &f64::NAN.to_be_bytes()),
+            Err(Reason::OutOfRange)
+        );
         assert_eq!(from_bytes(String, &[0xff]), Err(Reason::NotUtf8));
         assert_eq!(from_bytes(Boolean, &[2]), Err(Reason::OutOfRange));
         assert_eq!(from_bytes(Int8, &[0x80]), Ok(Raw::Int(-128)));
@@ -408,10 +428,22 @@ mod tests {
     #[test]
     fn timestamps() {
         use TimestampFormat::*;
-        assert_eq!(timestamp(&json!(1_700_000_000), EpochS), Some(1_700_000_000_000_000_000));
-        assert_eq!(timestamp(&json!(1_700_000_000.5), EpochS), Some(1_700_000_000_500_000_000));
-        assert_eq!(timestamp(&json!(1_700_000_000_123u64), EpochMs), Some(1_700_000_000_123_000_000));
-        assert_eq!(timestamp(&json!(1_700_000_000_123_456_789u64), EpochNs), Some(1_700_000_000_123_456_789));
+        assert_eq!(
+            timestamp(&json!(1_700_000_000), EpochS),
+            Some(1_700_000_000_000_000_000)
+        );
+        assert_eq!(
+            timestamp(&json!(1_700_000_000.5), EpochS),
+            Some(1_700_000_000_500_000_000)
+        );
+        assert_eq!(
+            timestamp(&json!(1_700_000_000_123u64), EpochMs),
+            Some(1_700_000_000_123_000_000)
+        );
+        assert_eq!(
+            timestamp(&json!(1_700_000_000_123_456_789u64), EpochNs),
+            Some(1_700_000_000_123_456_789)
+        );
         assert_eq!(timestamp(&json!(-5), EpochMs), None);
         assert_eq!(timestamp(&json!("x"), EpochMs), None);
         let z = parse_rfc3339("2026-11-24T00:00:00Z").unwrap();

@@ -45,15 +45,18 @@ impl Router {
             };
             let filter = config::mqtt::expand_topic(tpl, &device.name, &t.name);
             let addr = t.address.trim();
+            let format = o.format.unwrap_or(m.format);
+            // A device-level timestamp pointer applies to its JSON tags.
+            let ts_pointer = o.timestamp_pointer.clone().or_else(|| {
+                (format == PayloadFormat::Json)
+                    .then(|| m.timestamp_pointer.clone())
+                    .flatten()
+            });
             let route = Route {
                 tag: i,
-                format: o.format.unwrap_or(m.format),
+                format,
                 pointer: (addr != "payload").then(|| addr.to_string()),
-                timestamp: o
-                    .timestamp_pointer
-                    .clone()
-                    .or_else(|| m.timestamp_pointer.clone())
-                    .map(|p| (p, o.timestamp_format.unwrap_or(m.timestamp_format))),
+                timestamp: ts_pointer.map(|p| (p, o.timestamp_format.unwrap_or(m.timestamp_format))),
             };
             if !r.filters.contains(&filter) {
                 r.filters.push(filter.clone());
@@ -74,7 +77,11 @@ impl Router {
 
     /// The routes a message on `topic` feeds, in tag order of the file.
     pub fn routes<'a>(&'a self, topic: &str) -> Vec<&'a Route> {
-        let mut out: Vec<&Route> = self.exact.get(topic).map(|v| v.iter().collect()).unwrap_or_default();
+        let mut out: Vec<&Route> = self
+            .exact
+            .get(topic)
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
         for (f, r) in &self.wildcard {
             if matches(f, topic) {
                 out.push(r);

@@ -68,11 +68,13 @@ fn units(c: &config::Config) -> HashMap<(String, String), String> {
 }
 
 fn topic(template: &str, gateway_id: &str, device: &str, tag: &str, kind: &str) -> String {
-    template
-        .replace("{gateway_id}", gateway_id)
-        .replace("{device}", device)
-        .replace("{tag}", tag)
-        .replace("{kind}", kind)
+    safe_topic(
+        template
+            .replace("{gateway_id}", gateway_id)
+            .replace("{device}", device)
+            .replace("{tag}", tag)
+            .replace("{kind}", kind),
+    )
 }
 
 /// The messages of one frame (empty for frames this sink does not forward).
@@ -158,8 +160,22 @@ pub fn messages(
 
 enum End {
     Shutdown,
-    Lost(String),
+    Lost(client::MqttError),
 }
+
+/// Replaces what would make a generated topic invalid (a device or tag
+/// name holding `+`, `#` or NUL) with `_`.
+fn safe_topic(t: String) -> String {
+    if t.contains(['+', '#', '\0']) {
+        t.replace(['+', '#', '\0'], "_")
+    } else {
+        t
+    }
+}
+
+/// Largest message the sink hands to the broker connection; a larger one
+/// (a frame of thousands of samples in `mode = "frame"`) is dead-lettered.
+const MAX_MESSAGE: usize = 16 << 20;
 
 pub async fn run(mut ctx: SinkContext, cfg: MqttSinkConfig) -> Result<(), SinkError> {
     let gateway_id = ctx.config.borrow().gateway.gateway_id.clone();
@@ -187,9 +203,20 @@ pub async fn run(mut ctx: SinkContext, cfg: MqttSinkConfig) -> Result<(), SinkEr
                 ctx.metrics.sink_failures.get_or_create(&label).inc();
                 let delay = client::backoff(failures, Duration::from_millis(250), cfg.max_retry_interval);
                 if failures == 1 {
-                    warn!(sink = ctx.name, error = why, "MQTT sink connection lost; frames wait in the WAL");
+                    warn!(
+                        sink = ctx.name,
+                        error = why.message,
+                        "MQTT sink connection lost; frames wait in the WAL"
+                    );
                 }
-                lock(&ctx.state).last_error = Some(why);
+                {
+                    let mut st = lock(&ctx.state);
+                    // A refused CONNACK (credentials, ACL) needs an operator.
+                    st.unhealthy = why
+                        .refused
+                        .then(|| format!("broker refused the connection: {}", why.message));
+                    st.last_error = Some(why.message);
+                }
                 tokio::select! {
                     _ = crate::supervisor::wait_true(&mut ctx.shutdown) => return Ok(()),
                     _ = tokio::time::sleep(delay) => {}
@@ -197,6 +224,71 @@ pub async fn run(mut ctx: SinkContext, cfg: MqttSinkConfig) -> Result<(), SinkEr
                 ctx.metrics.sink_retries.get_or_create(&label).inc();
             }
         }
+    }
+}
+
+/// Messages handed to the connection, in order, until the broker
+/// confirmed them.
+#[derive(Default)]
+struct Window {
+    entries: VecDeque<Entry>,
+    /// Messages handed over and not yet confirmed.
+    inflight: usize,
+}
+
+impl Window {
+    fn push(&mut self, completes: Option<u64>, published: bool) {
+        self.entries.push_back(Entry {
+            completes,
+            pkid: None,
+            unsent: published,
+            confirmed: !published,
+        });
+        if published {
+            self.inflight += 1;
+        }
+    }
+
+    fn sent(&mut self, pkid: u16) {
+        if let Some(en) = self.entries.iter_mut().find(|en| en.unsent) {
+            en.unsent = false;
+            en.pkid = Some(pkid);
+            // QoS 0 has no confirmation: written to the socket is all.
+            en.confirmed = pkid == 0;
+        }
+    }
+
+    /// PUBACK/PUBCOMP (or a refusal) for `pkid`: true if it matched.
+    fn confirmed(&mut self, pkid: u16) -> bool {
+        match self
+            .entries
+            .iter_mut()
+            .find(|en| en.pkid == Some(pkid) && !en.confirmed)
+        {
+            Some(en) => {
+                en.confirmed = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Pops the confirmed prefix: the last frame it completes and how many
+    /// messages it held.
+    fn settle(&mut self) -> (Option<u64>, u64) {
+        let mut done_to = None;
+        let mut messages = 0;
+        while self.entries.front().is_some_and(|e| e.confirmed) {
+            let Some(e) = self.entries.pop_front() else { break };
+            if e.pkid.is_some() {
+                self.inflight = self.inflight.saturating_sub(1);
+                messages += 1;
+            }
+            if let Some(seq) = e.completes {
+                done_to = Some(seq);
+            }
+        }
+        (done_to, messages)
     }
 }
 
@@ -219,7 +311,7 @@ async fn session(
             last_will: Some((status_topic.clone(), b"offline".to_vec())),
         },
     )
-    .map_err(|e| SinkError::Setup(e.0))?;
+    .map_err(|e| SinkError::Setup(e.message))?;
     // Wait for CONNACK.
     loop {
         tokio::select! {
@@ -227,67 +319,96 @@ async fn session(
             e = events.poll() => match e {
                 Ok(Event::Connected { .. }) => break,
                 Ok(_) => {}
-                Err(e) => return Ok(End::Lost(e.0)),
+                Err(e) => return Ok(End::Lost(e)),
             },
         }
     }
     if *failures > 0 {
-        info!(sink = ctx.name, "MQTT sink connected again; publishing from its cursor");
+        info!(
+            sink = ctx.name,
+            "MQTT sink connected again; publishing from its cursor"
+        );
     }
     *failures = 0;
     ctx.metrics.sink_up.get_or_create(&label).set(1);
-    lock(&ctx.state).last_error = None;
+    {
+        let mut st = lock(&ctx.state);
+        st.last_error = None;
+        st.unhealthy = None;
+    }
     // Resubscribing resumes after the last confirmed frame: whatever was
     // in flight on a lost connection is published again.
     let mut sub = ctx.bus.subscribe(&ctx.name, None)?;
     let mut units_map = units(&ctx.config.borrow());
-    let mut entries: VecDeque<Entry> = VecDeque::new();
-    let mut inflight = 0usize;
-    let max_inflight = usize::from(cfg.max_inflight);
-    let birth = Outgoing {
-        topic: status_topic.clone(),
-        payload: b"online".to_vec(),
-        qos: Qos(1),
-        retain: true,
-    };
-    if let Err(e) = client.publish(birth) {
-        return Ok(End::Lost(e.0));
-    }
-    entries.push_back(Entry {
-        completes: None,
-        pkid: None,
-        unsent: true,
-        confirmed: false,
-    });
-    inflight += 1;
+    let mut window = Window::default();
+    // Messages of frames read from the bus and not yet handed over (with
+    // the frame each one completes); `None` = a frame without messages.
+    let mut outbox: VecDeque<(Option<Outgoing>, Option<u64>)> = VecDeque::new();
+    let max_inflight = usize::from(cfg.max_inflight).max(1);
+    outbox.push_back((
+        Some(Outgoing {
+            topic: status_topic.clone(),
+            payload: b"online".to_vec(),
+            qos: Qos(1),
+            retain: true,
+        }),
+        None,
+    ));
     loop {
+        // Hand over what the window allows (the request channel never
+        // holds more than `max_inflight` publishes).
+        while window.inflight < max_inflight {
+            let Some((msg, completes)) = outbox.pop_front() else {
+                break;
+            };
+            match msg {
+                None => window.push(completes, false),
+                Some(m) => {
+                    if let Err(e) = client.publish(m) {
+                        return Ok(End::Lost(e));
+                    }
+                    ctx.metrics.mqtt_published.get_or_create(&label).inc();
+                    window.push(completes, true);
+                }
+            }
+        }
+        let (done_to, confirmed) = window.settle();
+        if let Some(seq) = done_to {
+            sub.ack(seq)?;
+            ctx.metrics.sink_written.get_or_create(&label).inc_by(confirmed);
+            lock(&ctx.state).written += confirmed;
+        }
+        ctx.metrics
+            .mqtt_inflight
+            .get_or_create(&label)
+            .set(i64::try_from(window.inflight).unwrap_or(i64::MAX));
         tokio::select! {
             biased;
             _ = crate::supervisor::wait_true(&mut ctx.shutdown) => {
-                stop(&client, &mut events, &status_topic, &mut entries, &sub).await;
+                stop(&client, &mut events, &status_topic, &mut window, &sub).await;
                 return Ok(End::Shutdown);
             }
             e = events.poll() => match e {
-                Ok(Event::Sent(pkid)) => {
-                    if let Some(en) = entries.iter_mut().find(|en| en.unsent) {
-                        en.unsent = false;
-                        en.pkid = Some(pkid);
-                        if pkid == 0 {
-                            en.confirmed = true;
-                        }
-                    }
-                }
+                Ok(Event::Sent(pkid)) => window.sent(pkid),
                 Ok(Event::Confirmed(pkid)) => {
-                    if let Some(en) = entries.iter_mut().find(|en| en.pkid == Some(pkid) && !en.confirmed) {
-                        en.confirmed = true;
+                    if window.confirmed(pkid) {
                         ctx.metrics.mqtt_publish_acks.get_or_create(&label).inc();
                     }
                 }
+                Ok(Event::Refused { pkid, reason }) => {
+                    // Refused for good (MQTT 5 reason code, e.g. not
+                    // authorized for that topic): counted and skipped, as
+                    // retrying would refuse it again and stop the cursor.
+                    if window.confirmed(pkid) {
+                        ctx.metrics.sink_dead_lettered.get_or_create(&label).inc();
+                        warn!(sink = ctx.name, reason, "the broker refused a message; skipped");
+                    }
+                }
                 Ok(_) => {}
-                Err(e) => return Ok(End::Lost(e.0)),
+                Err(e) => return Ok(End::Lost(e)),
             },
-            frames = sub.recv_batch(max_inflight.saturating_sub(inflight).clamp(1, 256)), if inflight < max_inflight => {
-                if ctx.config.has_changed() {
+            frames = sub.recv_batch(16), if outbox.is_empty() => {
+                if ctx.config.has_changed().unwrap_or(false) {
                     units_map = units(&ctx.config.borrow_and_update());
                 }
                 for f in frames? {
@@ -299,51 +420,28 @@ async fn session(
                             Vec::new()
                         }
                     };
+                    let msgs: Vec<Outgoing> = msgs
+                        .into_iter()
+                        .filter(|m| {
+                            let fits = m.payload.len() <= MAX_MESSAGE;
+                            if !fits {
+                                warn!(sink = ctx.name, seq = f.sequence_id, bytes = m.payload.len(), "message too large for MQTT; skipped");
+                                ctx.metrics.sink_dead_lettered.get_or_create(&label).inc();
+                            }
+                            fits
+                        })
+                        .collect();
                     if msgs.is_empty() {
-                        entries.push_back(Entry { completes: Some(f.sequence_id), pkid: None, unsent: false, confirmed: true });
+                        outbox.push_back((None, Some(f.sequence_id)));
                         continue;
                     }
                     let n = msgs.len();
                     for (i, m) in msgs.into_iter().enumerate() {
-                        if let Err(e) = client.publish(m) {
-                            return Ok(End::Lost(e.0));
-                        }
-                        ctx.metrics.mqtt_published.get_or_create(&label).inc();
-                        entries.push_back(Entry {
-                            completes: (i + 1 == n).then_some(f.sequence_id),
-                            pkid: None,
-                            unsent: true,
-                            confirmed: false,
-                        });
-                        inflight += 1;
+                        outbox.push_back((Some(m), (i + 1 == n).then_some(f.sequence_id)));
                     }
                 }
             }
         }
-        // Settle the confirmed prefix.
-        let mut done_to = None;
-        let mut written = 0u64;
-        while entries.front().is_some_and(|e| e.confirmed) {
-            let Some(e) = entries.pop_front() else { break };
-            if e.pkid.is_some() || e.unsent {
-                inflight = inflight.saturating_sub(1);
-            }
-            if let Some(seq) = e.completes {
-                done_to = Some(seq);
-            }
-            if e.pkid.is_some() && e.completes.is_some() {
-                written += 1;
-            }
-        }
-        if let Some(seq) = done_to {
-            sub.ack(seq)?;
-            ctx.metrics.sink_written.get_or_create(&label).inc_by(written);
-            lock(&ctx.state).written += written;
-        }
-        ctx.metrics
-            .mqtt_inflight
-            .get_or_create(&label)
-            .set(i64::try_from(inflight).unwrap_or(i64::MAX));
     }
 }
 
@@ -354,46 +452,29 @@ async fn stop(
     client: &client::Client,
     events: &mut client::EventLoop,
     status_topic: &str,
-    entries: &mut VecDeque<Entry>,
+    window: &mut Window,
     sub: &frame_bus::Subscription,
 ) {
-    let _ = client.publish(Outgoing {
+    let offline = Outgoing {
         topic: status_topic.to_string(),
         payload: b"offline".to_vec(),
         qos: Qos(1),
         retain: true,
-    });
-    entries.push_back(Entry {
-        completes: None,
-        pkid: None,
-        unsent: true,
-        confirmed: false,
-    });
+    };
+    if client.publish(offline).is_ok() {
+        window.push(None, true);
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while !entries.iter().all(|e| e.confirmed) {
+        while !window.entries.is_empty() {
             match events.poll().await {
-                Ok(Event::Sent(pkid)) => {
-                    if let Some(en) = entries.iter_mut().find(|en| en.unsent) {
-                        en.unsent = false;
-                        en.pkid = Some(pkid);
-                        en.confirmed = pkid == 0;
-                    }
-                }
-                Ok(Event::Confirmed(pkid)) => {
-                    if let Some(en) = entries.iter_mut().find(|en| en.pkid == Some(pkid) && !en.confirmed) {
-                        en.confirmed = true;
-                    }
+                Ok(Event::Sent(pkid)) => window.sent(pkid),
+                Ok(Event::Confirmed(pkid)) | Ok(Event::Refused { pkid, .. }) => {
+                    window.confirmed(pkid);
                 }
                 Ok(_) => {}
                 Err(_) => break,
             }
-            let mut done_to = None;
-            while entries.front().is_some_and(|e| e.confirmed) {
-                if let Some(seq) = entries.pop_front().and_then(|e| e.completes) {
-                    done_to = Some(seq);
-                }
-            }
-            if let Some(seq) = done_to {
+            if let (Some(seq), _) = window.settle() {
                 let _ = sub.ack(seq);
             }
         }

@@ -75,7 +75,11 @@ fn lines_file(dir: &Path, n: usize, pad: usize) -> Result<PathBuf> {
     let path = dir.join(format!("lines-{n}-{pad}.txt"));
     let mut s = String::with_capacity(n * (pad + 32));
     for i in 0..n {
-        s.push_str(&format!("{{\"v\":{}.5,\"n\":{i},\"p\":\"{}\"}}\n", i % 1000, "x".repeat(pad)));
+        s.push_str(&format!(
+            "{{\"v\":{}.5,\"n\":{i},\"p\":\"{}\"}}\n",
+            i % 1000,
+            "x".repeat(pad)
+        ));
     }
     std::fs::write(&path, s)?;
     Ok(path)
@@ -84,7 +88,17 @@ fn lines_file(dir: &Path, n: usize, pad: usize) -> Result<PathBuf> {
 fn mosquitto_pub(port: u16, topic: &str, qos: u8, file: &Path) -> Result<f64> {
     let t0 = Instant::now();
     let st = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-q", &qos.to_string(), "-l"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-q",
+            &qos.to_string(),
+            "-l",
+        ])
         .stdin(std::fs::File::open(file)?)
         .stdout(Stdio::null())
         .status()?;
@@ -93,17 +107,32 @@ fn mosquitto_pub(port: u16, topic: &str, qos: u8, file: &Path) -> Result<f64> {
 }
 
 fn sub_args(port: u16, id: &str, qos: u8) -> Vec<String> {
-    ["-h", "127.0.0.1", "-p", &port.to_string(), "-c", "-i", id, "-q", &qos.to_string(), "-t", "bench/south"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-c",
+        "-i",
+        id,
+        "-q",
+        &qos.to_string(),
+        "-t",
+        "bench/south",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// `mosquitto_sub` draining `n` queued messages: messages/s.
 fn baseline_south(dir: &Path, port: u16, qos: u8, n: usize) -> Result<f64> {
     let id = format!("base-sub-q{qos}");
     // Create the persistent session, then queue the messages for it.
-    let st = Command::new("mosquitto_sub").args(sub_args(port, &id, qos)).arg("-E").status()?;
+    let st = Command::new("mosquitto_sub")
+        .args(sub_args(port, &id, qos))
+        .arg("-E")
+        .status()?;
     ensure!(st.success(), "mosquitto_sub -E failed");
     mosquitto_pub(port, "bench/south", qos, &lines_file(dir, n, 0)?)?;
     let t0 = Instant::now();
@@ -197,7 +226,10 @@ fn gateway_north(bin: &Path, dir: &Path, broker: u16, qos: u8, n: usize) -> Resu
     let port = free_port()?;
     let config = write_gateway(&dir, port, broker, qos, false, true)?;
     let frames = n / PER_FRAME;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let bus = FrameBus::open(dir.join("data/wal"), BusConfig::default())?;
         let ts0 = 1_790_000_000_000_000_000u64;
@@ -221,9 +253,11 @@ fn gateway_north(bin: &Path, dir: &Path, broker: u16, qos: u8, n: usize) -> Resu
     })?;
     let gw = bench::Running::start(bin, &config, port)?;
     measure(&gw, frames * PER_FRAME, |gw| {
-        Ok(gw.metric("gateway_mqtt_messages_published_total")? >= (frames * PER_FRAME) as f64
-            && gw.metric("gateway_consumer_lag_frames")? == 0.0
-            && gw.metric("gateway_mqtt_inflight_messages")? == 0.0)
+        Ok(
+            gw.metric("gateway_mqtt_messages_published_total")? >= (frames * PER_FRAME) as f64
+                && gw.metric("gateway_consumer_lag_frames")? == 0.0
+                && gw.metric("gateway_mqtt_inflight_messages")? == 0.0,
+        )
     })
 }
 

@@ -65,7 +65,11 @@ impl Mosquitto {
         self.child = Some(child);
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "mosquitto did not start on port {}", self.port);
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "mosquitto did not start on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -88,7 +92,17 @@ impl Mosquitto {
     /// the broker was not reachable.
     pub fn publish_lines(&self, topic: &str, qos: u8, lines: &[String]) -> bool {
         let mut c = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", topic, "-q", &qos.to_string(), "-l"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-t",
+                topic,
+                "-q",
+                &qos.to_string(),
+                "-l",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -108,7 +122,17 @@ impl Mosquitto {
     /// Publishes one message with exactly these bytes (`mosquitto_pub -s`).
     pub fn publish(&self, topic: &str, qos: u8, payload: &[u8]) {
         let mut c = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", topic, "-q", &qos.to_string(), "-s"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-t",
+                topic,
+                "-q",
+                &qos.to_string(),
+                "-s",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
