@@ -8,13 +8,18 @@
 //! configured durability. A gateway killed before that never acknowledged
 //! it, so the broker redelivers it when the gateway reconnects:
 //! **at-least-once**, every number in the WAL at least once, duplicates
-//! only for messages received and not yet acknowledged (at most the
-//! broker's in-flight window: `max_inflight` with MQTT 5, Mosquitto's
-//! `max_inflight_messages` with 3.1.1). QoS 0 is at-most-once: the broker
-//! never redelivers.
+//! only for messages received and not yet acknowledged: the broker's
+//! in-flight window in steady state (`max_inflight` with MQTT 5,
+//! Mosquitto's `max_inflight_messages` with 3.1.1), but thousands when a
+//! crash hits the drain of a backlog (Mosquitto 2.0.11 exceeds its window
+//! there, and a killed socket with unread data discards the acks in
+//! flight; measured in docs/drivers/mqtt.md). QoS 0 is at-most-once: the
+//! broker never redelivers.
 //!
 //! Acknowledgements go out in the order the messages arrived (MQTT
-//! requires it for QoS 1), malformed messages included: a malformed
+//! requires it for QoS 1), malformed messages included, as soon as their
+//! batch is in the bus (3.1.1: written straight to the socket, see
+//! [`client::EventLoop::ack`]): a malformed
 //! message is counted by reason, logged once per burst, acknowledged (so
 //! it is not redelivered forever) and skipped. Acks of messages received
 //! on an earlier connection are never sent: after a reconnect the broker
