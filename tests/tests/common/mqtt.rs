@@ -88,35 +88,13 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    /// Publishes each line as one message (`mosquitto_pub -l`); false when
-    /// the broker was not reachable.
+    /// Publishes each line as one message and waits until the broker
+    /// confirmed them all; false when the broker was not reachable. (A
+    /// rumqttc client: `mosquitto_pub -l` loses messages in bulk, see
+    /// `tests::mqtt_pub`.)
     pub fn publish_lines(&self, topic: &str, qos: u8, lines: &[String]) -> bool {
-        let mut c = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-t",
-                topic,
-                "-q",
-                &qos.to_string(),
-                "-l",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto_pub (package mosquitto-clients)");
-        {
-            let mut stdin = c.stdin.take().unwrap();
-            for l in lines {
-                if writeln!(stdin, "{l}").is_err() {
-                    break;
-                }
-            }
-        }
-        c.wait().map(|s| s.success()).unwrap_or(false)
+        let payloads = lines.iter().map(|l| l.clone().into_bytes()).collect();
+        tests::mqtt_pub::publish_all(self.port, topic, qos, 100, payloads).is_ok()
     }
 
     /// Publishes one message with exactly these bytes (`mosquitto_pub -s`).
