@@ -188,7 +188,13 @@ pub mod mqtt_pub {
     /// with at most `inflight` unconfirmed, and returns once the broker
     /// confirmed all of them (QoS 1: PUBACK, QoS 2: PUBCOMP; QoS 0: once
     /// written and the connection closed cleanly). Returns the elapsed time.
-    pub fn publish_all(port: u16, topic: &str, qos: u8, inflight: u16, payloads: Vec<Vec<u8>>) -> Result<Duration> {
+    pub fn publish_all(
+        port: u16,
+        topic: &str,
+        qos: u8,
+        inflight: u16,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Duration> {
         let mut o = MqttOptions::new(format!("bulk-pub-{}", fastrand::u64(..)), "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(30))
             .set_inflight(inflight.max(1))
@@ -204,7 +210,9 @@ pub mod mqtt_pub {
         let topic = topic.to_string();
         let feeder = std::thread::spawn(move || -> Result<Client> {
             for p in payloads {
-                client.publish(topic.clone(), q, false, p).context("queueing a publish")?;
+                client
+                    .publish(topic.clone(), q, false, p)
+                    .context("queueing a publish")?;
             }
             Ok(client)
         });
@@ -213,7 +221,9 @@ pub mod mqtt_pub {
         for ev in conn.iter() {
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => connected = true,
-                Ok(Event::Incoming(Packet::PubAck(_))) | Ok(Event::Incoming(Packet::PubComp(_))) if qos > 0 => {
+                Ok(Event::Incoming(Packet::PubAck(_))) | Ok(Event::Incoming(Packet::PubComp(_)))
+                    if qos > 0 =>
+                {
                     done += 1
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(_))) if qos == 0 => done += 1,

@@ -169,6 +169,17 @@ fn transport(c: &MqttConnection) -> Result<rumqttc::Transport, MqttError> {
     ))
 }
 
+/// TCP_NODELAY: MQTT writes many small packets; with Nagle's algorithm a
+/// QoS 0 stream (no acks flowing back to carry TCP ACKs) waits for the
+/// peer's delayed ACK between writes — measured 3 300 messages/s instead of
+/// over 100 000 on loopback. 5 s connect timeout (rumqttc's default).
+fn network_options() -> rumqttc::NetworkOptions {
+    let mut o = rumqttc::NetworkOptions::new();
+    o.set_tcp_nodelay(true);
+    o.set_connection_timeout(5);
+    o
+}
+
 /// Sets up a connection (nothing is sent before the event loop is polled).
 pub fn connect(c: &MqttConnection, o: Options) -> Result<(Client, EventLoop), MqttError> {
     let transport = transport(c)?;
@@ -191,7 +202,8 @@ pub fn connect(c: &MqttConnection, o: Options) -> Result<(Client, EventLoop), Mq
             if let Some((t, p)) = o.last_will {
                 m.set_last_will(rumqttc::LastWill::new(t, p, rumqttc::QoS::AtLeastOnce, true));
             }
-            let (client, ev) = rumqttc::AsyncClient::new(m, REQUEST_CAPACITY);
+            let (client, mut ev) = rumqttc::AsyncClient::new(m, REQUEST_CAPACITY);
+            ev.set_network_options(network_options());
             Ok((Client::V4(client), EventLoop::V4(Box::new(ev))))
         }
         MqttVersion::V5 => {
@@ -220,6 +232,7 @@ pub fn connect(c: &MqttConnection, o: Options) -> Result<(Client, EventLoop), Mq
                     None,
                 ));
             }
+            m.set_network_options(network_options());
             let (client, ev) = r5::AsyncClient::new(m, REQUEST_CAPACITY);
             Ok((Client::V5(client), EventLoop::V5(Box::new(ev))))
         }

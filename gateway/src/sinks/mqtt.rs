@@ -355,6 +355,8 @@ async fn session(
         None,
     ));
     loop {
+        // Settle the confirmed prefix first: it frees window slots.
+        settle(ctx, &label, &sub, &mut window)?;
         // Hand over what the window allows (the request channel never
         // holds more than `max_inflight` publishes).
         while window.inflight < max_inflight {
@@ -372,12 +374,8 @@ async fn session(
                 }
             }
         }
-        let (done_to, confirmed) = window.settle();
-        if let Some(seq) = done_to {
-            sub.ack(seq)?;
-            ctx.metrics.sink_written.get_or_create(&label).inc_by(confirmed);
-            lock(&ctx.state).written += confirmed;
-        }
+        // Frames that gave no message are confirmed as they are handed over.
+        settle(ctx, &label, &sub, &mut window)?;
         ctx.metrics
             .mqtt_inflight
             .get_or_create(&label)
@@ -443,6 +441,23 @@ async fn session(
             }
         }
     }
+}
+
+/// Pops the confirmed prefix of the window and moves the cursor past the
+/// last frame it completes.
+fn settle(
+    ctx: &SinkContext,
+    label: &SinkLabel,
+    sub: &frame_bus::Subscription,
+    window: &mut Window,
+) -> Result<(), SinkError> {
+    let (done_to, confirmed) = window.settle();
+    if let Some(seq) = done_to {
+        sub.ack(seq)?;
+        ctx.metrics.sink_written.get_or_create(label).inc_by(confirmed);
+        lock(&ctx.state).written += confirmed;
+    }
+    Ok(())
 }
 
 /// Clean stop: wait (briefly) for what is in flight, publish the
