@@ -65,8 +65,10 @@ ensure_influx_peers() {
 # loopback ports (they stop and restart them); the machine's own broker on
 # 127.0.0.1:1883 is left alone.
 ensure_mqtt_peers() {
-    command -v mosquitto >/dev/null && command -v mosquitto_pub >/dev/null && return 0
-    ensure_deb mosquitto mosquitto-clients
+    command -v mosquitto >/dev/null && command -v mosquitto_pub >/dev/null \
+        && command -v openssl >/dev/null && return 0
+    # openssl makes the TLS test's CA and certificates.
+    ensure_deb mosquitto mosquitto-clients openssl
 }
 
 # The PostgreSQL store's tests: the machine's server on 127.0.0.1:5432 (trust

@@ -746,3 +746,184 @@ data_type = "UInt32"
     // One connection, loopback, no restart: nothing lost even at QoS 0.
     assert_eq!(check_order(&sent, &received, "QoS 0"), 0);
 }
+
+/// `openssl` run in `dir`; panics with its output on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a certificate signed by it for `cn` with `ext` (v3 extensions).
+fn issue_cert(dir: &std::path::Path, ca: &str, name: &str, cn: &str, ext: &str) {
+    let ext_file = format!("{name}.ext");
+    std::fs::write(dir.join(&ext_file), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+        ],
+    );
+}
+
+fn make_ca(dir: &std::path::Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+}
+
+#[test]
+fn tls_with_a_client_certificate_connects_and_a_wrong_ca_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_ca(d, "ca");
+    make_ca(d, "other-ca");
+    issue_cert(
+        d,
+        "ca",
+        "server",
+        "127.0.0.1",
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    );
+    issue_cert(
+        d,
+        "ca",
+        "client",
+        "gateway",
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+    let p = |f: &str| d.join(f).display().to_string();
+    // The broker requires a client certificate signed by `ca`.
+    let broker = Mosquitto::start_with(
+        d,
+        &format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            p("ca.pem"),
+            p("server.pem"),
+            p("server.key")
+        ),
+    );
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let tags = "topic = \"secure/{device}\"\nformat = \"plain\"\n\n[[tags]]\nname = \"v\"\naddress = \"payload\"\ndata_type = \"Double\"\n";
+    let good = device(
+        "good",
+        &url,
+        &format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{tags}",
+            p("ca.pem"),
+            p("client.pem"),
+            p("client.key")
+        ),
+    );
+    // Trusts another CA: the broker's certificate must be refused.
+    let wrong = device(
+        "wrong",
+        &url,
+        &format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{tags}",
+            p("other-ca.pem"),
+            p("client.pem"),
+            p("client.key")
+        ),
+    );
+    let demo = DemoDir::with_devices(&[good, wrong]);
+    let mut g = Gateway::start(&demo, &[]);
+    let status_of = |g: &Gateway, name: &str| -> Value {
+        g.status()["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    g.wait_until("good Online", LIMIT, |g| {
+        status_of(g, "good")["status"] == "Online"
+    });
+    broker.publish_with(
+        &[
+            "--cafile",
+            &p("ca.pem"),
+            "--cert",
+            &p("client.pem"),
+            "--key",
+            &p("client.key"),
+        ],
+        "secure/good",
+        1,
+        b"42.5",
+    );
+    g.wait_until("the value over TLS", LIMIT, |g| {
+        status_of(g, "good")["tags"][0]["value"] == json!(42.5)
+    });
+    g.wait_until("wrong is Offline", LIMIT, |g| {
+        status_of(g, "wrong")["status"] == "Offline"
+    });
+    stop(g);
+    let frames = wal_frames(&demo.wal());
+    assert_eq!(wal_values(&frames, "good", "v"), vec![json!(42.5)]);
+    let wrong_events: Vec<&Value> = frames.iter().filter(|f| f["device"] == "wrong").collect();
+    assert!(
+        wrong_events
+            .iter()
+            .all(|f| f["type"] == "EVENT" && f["status"] == "Offline"),
+        "{wrong_events:?}"
+    );
+    assert!(
+        wrong_events.iter().any(|f| f["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("certificate") || m.contains("Tls") || m.contains("TLS"))),
+        "the Offline event names the TLS failure: {wrong_events:?}"
+    );
+}

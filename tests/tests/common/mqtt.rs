@@ -18,6 +18,11 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
+        Self::start_with(dir, "")
+    }
+
+    /// A broker whose listener has `listener_conf` (e.g. TLS settings).
+    pub fn start_with(dir: &Path, listener_conf: &str) -> Mosquitto {
         let port = super::free_port();
         let root = dir.join(format!("mosquitto-{port}"));
         std::fs::create_dir_all(&root).unwrap();
@@ -26,7 +31,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "listener {port} 127.0.0.1\n{listener_conf}allow_anonymous true\npersistence true\n\
                  persistence_location {r}/\nautosave_interval 1\nmax_queued_messages 0\n\
                  max_inflight_messages 20\nuser root\nlog_dest file {l}\n",
                 r = root.display(),
@@ -99,6 +104,11 @@ impl Mosquitto {
 
     /// Publishes one message with exactly these bytes (`mosquitto_pub -s`).
     pub fn publish(&self, topic: &str, qos: u8, payload: &[u8]) {
+        self.publish_with(&[], topic, qos, payload)
+    }
+
+    /// [`Mosquitto::publish`] with more `mosquitto_pub` arguments (TLS).
+    pub fn publish_with(&self, args: &[&str], topic: &str, qos: u8, payload: &[u8]) {
         let mut c = Command::new("mosquitto_pub")
             .args([
                 "-h",
@@ -111,6 +121,7 @@ impl Mosquitto {
                 &qos.to_string(),
                 "-s",
             ])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
