@@ -115,13 +115,14 @@ data_type = "String"
 "#,
     );
     // One template for many devices: `plant/{device}/{tag}`.
-    let oven = |name: &str, extra: &str| {
+    let oven = |name: &str, device_keys: &str, extra: &str| {
         device(
             name,
             &url,
             &format!(
                 r#"topic = "plant/{{device}}/{{tag}}"
 format = "plain"
+{device_keys}
 
 [[tags]]
 name = "temp"
@@ -136,8 +137,10 @@ data_type = "Boolean"
             ),
         )
     };
+    // oven-a subscribes with QoS 2 (acknowledged with PUBREC after the WAL).
     let oven_a = oven(
         "oven-a",
+        "qos = 2",
         r#"
 [[tags]]
 name = "alarm"
@@ -146,8 +149,10 @@ data_type = "String"
 topic = "alarms/+/{device}"
 "#,
     );
+    // oven-b goes Offline after 3 s without a message.
     let oven_b = oven(
         "oven-b",
+        "no_message_timeout = \"3s\"",
         r#"
 [[tags]]
 name = "power"
@@ -171,11 +176,11 @@ format = "raw"
         .to_string()
         .as_bytes(),
     );
-    broker.publish("plant/oven-a/temp", 1, b"180.5");
-    broker.publish("plant/oven-a/door", 1, b"on");
+    broker.publish("plant/oven-a/temp", 2, b"180.5");
+    broker.publish("plant/oven-a/door", 2, b"on");
     broker.publish("plant/oven-b/temp", 1, b" 175\n");
     broker.publish("plant/oven-b/door", 1, b"false");
-    broker.publish("alarms/zone-7/oven-a", 1, b"overheat");
+    broker.publish("alarms/zone-7/oven-a", 2, b"overheat");
     broker.publish("alarms/zone-7/oven-b", 1, b"not mine");
     broker.publish("plant/oven-b/power", 1, &1.25f32.to_be_bytes());
     let wanted = 4 + 3 + 3;
@@ -222,6 +227,29 @@ format = "raw"
     assert_eq!(value("oven-b", "temp")["value"], json!(175.0));
     assert_eq!(value("oven-b", "door")["value"], json!(false));
     assert_eq!(value("oven-b", "power")["value"], json!(1.25));
+    // Silence: oven-b goes Offline, and a message brings it back.
+    let status_of = |g: &Gateway, name: &str| {
+        g.status()["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .map(|d| d["status"].clone())
+    };
+    g.wait_until("oven-b Offline after 3 s of silence", LIMIT, |g| {
+        status_of(g, "oven-b") == Some(json!("Offline"))
+    });
+    broker.publish("plant/oven-b/temp", 1, b"176");
+    g.wait_until("oven-b Online again", LIMIT, |g| {
+        status_of(g, "oven-b") == Some(json!("Online"))
+    });
+    // Every delivered message acknowledged: 1 press + 3 oven-a (QoS 2) +
+    // 4 oven-b (`alarms/zone-7/oven-b` matches no subscription).
+    // (The ack follows the commit: it may come just after the status.)
+    g.wait_until("8 messages acknowledged", LIMIT, |g| {
+        g.metric_sum("gateway_mqtt_messages_acked_total") == Some(8.0)
+    });
+    assert_eq!(g.metric_sum("gateway_mqtt_messages_received_total"), Some(8.0));
     stop(g);
     // The WAL holds the same, with the raw value next to the scaled one,
     // and each device's status event before its data.
@@ -231,6 +259,17 @@ format = "raw"
     assert_eq!(press["temp"]["raw_value"], json!(235.0));
     assert_eq!(press["temp"]["ts_ns"], json!(1_795_478_400_500_000_000u64));
     assert_eq!(wal_values(&frames, "oven-a", "alarm"), vec![json!("overheat")]);
+    let oven_b_status: Vec<String> = frames
+        .iter()
+        .filter(|f| f["device"] == "oven-b" && f["type"] == "EVENT")
+        .map(|f| f["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(oven_b_status.len(), 3, "{oven_b_status:?}");
+    assert!(
+        oven_b_status[1].contains("Offline: no message for 3s"),
+        "{oven_b_status:?}"
+    );
+    assert!(oven_b_status[2].ends_with("is Online"), "{oven_b_status:?}");
     for d in ["press", "oven-a", "oven-b"] {
         let first = frames
             .iter()
@@ -379,7 +418,7 @@ data_type = "UInt32"
 
 #[test]
 fn sigkill_southbound_loses_no_qos1_message_and_influx_stores_each_once() {
-    const N: u64 = 40_000;
+    const N: u64 = 100_000;
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(tmp.path());
     let influx = Influxd::start(tmp.path());
