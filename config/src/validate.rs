@@ -182,7 +182,8 @@ pub(crate) fn gateway(g: &GatewayConfig, src: &Source, errors: &mut Vec<ConfigEr
                     ),
                     Err(msg) => e(&k("url"), msg),
                 }
-                keep_alive(&mut e, &k("keep_alive"), m.keep_alive);
+                keep_alive(&mut e, &k("keep_alive"), m.keep_alive, m.version);
+                qos_supported(&mut e, &k("qos"), m.qos);
                 if m.max_inflight == 0 {
                     e(&k("max_inflight"), "must be > 0".into());
                 }
@@ -448,10 +449,36 @@ fn tag(t: &TagConfig, base: &str, e: &mut impl FnMut(&str, String)) {
     }
 }
 
-/// rumqttc accepts a keep-alive of 0 (off) or at least one second.
-fn keep_alive(e: &mut impl FnMut(&str, String), key: &str, d: Duration) {
-    if !d.is_zero() && d < Duration::from_secs(1) {
+/// rumqttc accepts a keep-alive of 0 (off) or at least 1 s with MQTT
+/// 3.1.1, at least 5 s with MQTT 5 (it asserts, so this is checked here);
+/// CONNECT carries it in 16 bits of seconds.
+fn keep_alive(e: &mut impl FnMut(&str, String), key: &str, d: Duration, version: crate::mqtt::MqttVersion) {
+    if d > Duration::from_secs(65_535) {
+        e(
+            key,
+            format!("must be at most 65535s (16 bits in CONNECT), got {d:?}"),
+        );
+    } else if version == crate::mqtt::MqttVersion::V5 && d < Duration::from_secs(5) {
+        e(
+            key,
+            format!("must be at least 5s with MQTT 5 (the client library's minimum), got {d:?}"),
+        );
+    } else if !d.is_zero() && d < Duration::from_secs(1) {
         e(key, format!("must be 0 (off) or at least 1s, got {d:?}"));
+    }
+}
+
+/// QoS 2 is refused: rumqttc 0.25 forgets the QoS 2 messages it has
+/// PUBREC'd when a connection drops, so the broker's PUBREL after a
+/// reconnect on a kept session is an error that breaks every new
+/// connection (rumqtt issue #664), and a refused PUBREC never frees its
+/// in-flight slot. QoS 1 gives the same at-least-once guarantee here.
+fn qos_supported(e: &mut impl FnMut(&str, String), key: &str, q: crate::mqtt::Qos) {
+    if q.0 == 2 {
+        e(
+            key,
+            "QoS 2 is not supported by this build (its MQTT client loses the QoS 2 handshake state across reconnects); use 1: the gateway's guarantee is at-least-once either way".into(),
+        );
     }
 }
 
@@ -506,7 +533,8 @@ fn mqtt_device(d: &DeviceConfig, m: &crate::mqtt::MqttDevice, e: &mut impl FnMut
         Err(msg) if !d.endpoint.trim().is_empty() => e("endpoint", msg),
         Err(_) => {}
     }
-    keep_alive(e, "keep_alive", m.keep_alive);
+    keep_alive(e, "keep_alive", m.keep_alive, m.version);
+    qos_supported(e, "qos", m.qos);
     if m.max_payload == 0 {
         e("max_payload", "must be > 0".into());
     }
@@ -515,6 +543,9 @@ fn mqtt_device(d: &DeviceConfig, m: &crate::mqtt::MqttDevice, e: &mut impl FnMut
     }
     if let Some(t) = m.no_message_timeout {
         positive(e, "no_message_timeout", t);
+        if t > Duration::from_secs(365 * 86_400) {
+            e("no_message_timeout", format!("must be at most a year, got {t:?}"));
+        }
     }
     if m.version == crate::mqtt::MqttVersion::V5 && m.session_expiry.as_secs() > u64::from(u32::MAX) {
         e("session_expiry", "must fit in 32 bits of seconds (MQTT 5)".into());

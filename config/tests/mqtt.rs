@@ -121,6 +121,21 @@ fn qos_version_topic_and_tls_are_checked() {
     let bad = DEVICE.replace("format = \"plain\"\n", "format = \"plain\"\nqos = 3\n");
     let errs = errors(GATEWAY, &bad);
     expect(&errs, "press.toml", "qos", (6, 7), "qos must be 0, 1 or 2");
+    // QoS 2 is refused (the MQTT client's handshake state), and so is a
+    // keep-alive under 5 s with MQTT 5 (the client would panic).
+    let bad = DEVICE.replace(
+        "format = \"plain\"\n",
+        "format = \"plain\"\nqos = 2\nversion = \"5\"\nkeep_alive = \"2s\"\n",
+    );
+    let errs = errors(GATEWAY, &bad);
+    expect(&errs, "press.toml", "qos", (6, 7), "QoS 2 is not supported");
+    expect(
+        &errs,
+        "press.toml",
+        "keep_alive",
+        (8, 14),
+        "at least 5s with MQTT 5",
+    );
 
     // No topic at all: the tag says it needs one.
     let bad = DEVICE.replace("topic = \"plant/{device}/{tag}\"\n", "\n");
@@ -174,13 +189,13 @@ fn qos_version_topic_and_tls_are_checked() {
 #[test]
 fn the_mqtt_sink_loads_and_its_topics_and_client_id_are_checked() {
     let gw = format!(
-        "{GATEWAY}[sinks.north]\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\nqos = 2\nretain = true\nmode = \"frame\"\n"
+        "{GATEWAY}[sinks.north]\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\nqos = 0\nretain = true\nmode = \"frame\"\n"
     );
     let c = load(&gw, DEVICE).unwrap_or_else(|e| panic!("{e}"));
     let SinkKind::Mqtt(m) = &c.gateway.sinks["north"].kind else {
         panic!("not an mqtt sink")
     };
-    assert_eq!(m.qos.0, 2);
+    assert_eq!(m.qos.0, 0);
     assert_eq!(m.topic, "gateway/{gateway_id}/{device}/{tag}");
     assert_eq!(m.status_topic, "gateway/{gateway_id}/status");
     // A wildcard in a topic to publish to, and a client id taken by a device.

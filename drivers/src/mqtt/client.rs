@@ -44,6 +44,23 @@ pub enum Received {
 }
 
 impl Received {
+    /// What an acknowledgement needs (QoS and packet id), without the
+    /// topic and payload, so a pending ack holds no message bytes.
+    pub fn ack_token(&self) -> Received {
+        match self {
+            Received::V4(p) => {
+                let mut t = rumqttc::Publish::new("", p.qos, Vec::new());
+                t.pkid = p.pkid;
+                Received::V4(t)
+            }
+            Received::V5(p) => {
+                let mut t = r5::mqttbytes::v5::Publish::new("", p.qos, Vec::new(), None);
+                t.pkid = p.pkid;
+                Received::V5(t)
+            }
+        }
+    }
+
     pub fn topic(&self) -> std::borrow::Cow<'_, str> {
         match self {
             Received::V4(p) => std::borrow::Cow::Borrowed(p.topic.as_str()),
@@ -74,9 +91,11 @@ impl Received {
 #[derive(Debug)]
 pub enum Event {
     /// CONNACK accepted; `session_present` = the broker kept our session
-    /// (subscriptions and undelivered messages).
+    /// (subscriptions and undelivered messages); `max_packet` = the largest
+    /// packet the broker accepts (MQTT 5, when it says).
     Connected {
         session_present: bool,
+        max_packet: Option<u32>,
     },
     Message(Received),
     /// A PUBLISH of ours went out with this packet id (0 for QoS 0), in
@@ -295,67 +314,6 @@ impl Client {
 }
 
 impl EventLoop {
-    /// Acknowledges received QoS 1/2 messages now. With 3.1.1 the PUBACKs
-    /// (PUBRECs) are written straight to the socket: through the request
-    /// queue they would wait, because rumqttc's event loop writes one
-    /// request per turn while it reads up to ten packets, so under a flood
-    /// acknowledgements fall far behind (and a crash redelivers all of
-    /// them). rumqttc keeps the 5 event loop's socket private: there the
-    /// acks go through the queue ([`Client::ack`]). Not connected: nothing
-    /// is sent (the broker redelivers).
-    pub async fn ack(&mut self, client: &Client, msgs: &[&Received]) -> Result<(), MqttError> {
-        match self {
-            EventLoop::V4(ev) => {
-                let ev = &mut **ev;
-                let Some(net) = ev.network.as_mut() else {
-                    return Ok(());
-                };
-                let mut failed = None;
-                for m in msgs {
-                    let Received::V4(p) = m else { continue };
-                    let req = match p.qos {
-                        rumqttc::QoS::AtLeastOnce => rumqttc::Request::PubAck(rumqttc::PubAck::new(p.pkid)),
-                        rumqttc::QoS::ExactlyOnce => rumqttc::Request::PubRec(rumqttc::PubRec::new(p.pkid)),
-                        rumqttc::QoS::AtMostOnce => continue,
-                    };
-                    match ev.state.handle_outgoing_packet(req) {
-                        Ok(Some(packet)) => {
-                            if let Err(e) = net.write(packet).await {
-                                failed = Some(e.to_string());
-                                break;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            failed = Some(e.to_string());
-                            break;
-                        }
-                    }
-                }
-                if failed.is_none() {
-                    if let Err(e) = net.flush().await {
-                        failed = Some(e.to_string());
-                    }
-                }
-                match failed {
-                    None => Ok(()),
-                    Some(e) => {
-                        // As the event loop does on a failed write: the
-                        // next poll reconnects.
-                        ev.clean();
-                        Err(MqttError::new(format!("ack: {e}")))
-                    }
-                }
-            }
-            EventLoop::V5(_) => {
-                for m in msgs {
-                    client.ack(m)?;
-                }
-                Ok(())
-            }
-        }
-    }
-
     /// The next event; an error means the connection is down (the next
     /// poll reconnects: callers wait first, see [`backoff`]).
     pub async fn poll(&mut self) -> Result<Event, MqttError> {
@@ -365,6 +323,7 @@ impl EventLoop {
                 match ev.poll().await {
                     Ok(E::Incoming(I::ConnAck(a))) => Ok(Event::Connected {
                         session_present: a.session_present,
+                        max_packet: None,
                     }),
                     Ok(E::Incoming(I::Publish(p))) => Ok(Event::Message(Received::V4(p))),
                     Ok(E::Incoming(I::PubAck(a))) => Ok(Event::Confirmed(a.pkid)),
@@ -390,6 +349,7 @@ impl EventLoop {
                 match ev.poll().await {
                     Ok(E::Incoming(P::ConnAck(a))) => Ok(Event::Connected {
                         session_present: a.session_present,
+                        max_packet: a.properties.as_ref().and_then(|p| p.max_packet_size),
                     }),
                     Ok(E::Incoming(P::Publish(p))) => Ok(Event::Message(Received::V5(p))),
                     Ok(E::Incoming(P::PubAck(a))) => {
@@ -430,6 +390,72 @@ impl EventLoop {
             }
         }
     }
+}
+
+impl EventLoop {
+    /// Drops what the event loop had read from a connection that just
+    /// failed: rumqttc's `clean()` keeps those events, and a 3.1.1 event
+    /// loop returns the next CONNACK ahead of them, so their messages
+    /// would look like the new connection's (and be acknowledged on it,
+    /// where their packet ids may name other messages). Not acknowledged,
+    /// they are redelivered by a kept session.
+    fn drop_stale(&mut self) {
+        match self {
+            EventLoop::V4(ev) => ev.state.events.clear(),
+            EventLoop::V5(ev) => ev.state.events.clear(),
+        }
+    }
+}
+
+/// Aborts a task when dropped (the event loop task of a connection that
+/// is given up, however the owner returns).
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the event loop task reports.
+pub type Polled = Result<Event, MqttError>;
+
+/// Runs the event loop in a task of its own and forwards what it reports.
+///
+/// rumqttc's `EventLoop::poll` is not safe to drop mid-way (a request it
+/// took off its queue, e.g. a PUBLISH or PUBACK, can be lost while its
+/// write waits), so it must not be a branch of a `select!` that other
+/// branches win; the receiver returned here can be. After a failed poll
+/// the task waits `backoff(n)` (n failures in a row) before the next one
+/// reconnects. The task ends when the receiver is dropped (abort the
+/// handle to end it at once).
+pub fn spawn(
+    mut ev: EventLoop,
+    backoff: impl Fn(u32) -> std::time::Duration + Send + 'static,
+) -> (tokio::sync::mpsc::Receiver<Polled>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let task = tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            let r = ev.poll().await;
+            match &r {
+                Ok(Event::Connected { .. }) => failures = 0,
+                Ok(_) => {}
+                Err(_) => {
+                    ev.drop_stale();
+                    failures = failures.saturating_add(1);
+                }
+            }
+            let failed = r.is_err();
+            if tx.send(r).await.is_err() {
+                return;
+            }
+            if failed {
+                tokio::time::sleep(backoff(failures)).await;
+            }
+        }
+    });
+    (rx, task)
 }
 
 /// Delay before reconnect attempt `n` (1-based): doubling from `first`, capped.

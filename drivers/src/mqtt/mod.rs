@@ -203,7 +203,7 @@ pub async fn run<H: DriverHost>(
         }),
     };
 
-    let (client, mut events) = client::connect(
+    let (client, events) = client::connect(
         &conn,
         client::Options {
             manual_acks: true,
@@ -219,6 +219,10 @@ pub async fn run<H: DriverHost>(
         filters = router.filters().len(),
         "MQTT device connecting"
     );
+    let retry = device.retry.clone();
+    let (mut events, event_task) = client::spawn(events, move |n| retry.delay(n));
+    // The event loop task ends with this function, however it ends.
+    let _event_task = client::AbortOnDrop(event_task);
 
     let mut pending = Batch::default();
     let mut deadbands: HashMap<usize, Deadband> = HashMap::new();
@@ -226,6 +230,9 @@ pub async fn run<H: DriverHost>(
     let mut silent = false;
     let mut last_message = tokio::time::Instant::now();
     let mut epoch = 0u64;
+    // SUBACKs still expected for this process's subscriptions; subscribed
+    // once they all came (a session kept by the broker then keeps them).
+    let mut subacks_due = 0usize;
     let mut subscribed = false;
     let mut failures = 0u32;
     let mut burst = BurstLog::default();
@@ -245,8 +252,11 @@ pub async fn run<H: DriverHost>(
         )));
     };
 
-    'run: loop {
-        let quiet_at = last_message + opts.no_message_timeout.unwrap_or(far);
+    loop {
+        let quiet_at = opts
+            .no_message_timeout
+            .and_then(|t| last_message.checked_add(t))
+            .unwrap_or_else(|| tokio::time::Instant::now() + far);
         tokio::select! {
             biased;
             r = shutdown.changed() => {
@@ -255,19 +265,19 @@ pub async fn run<H: DriverHost>(
                 }
             }
             s = settled_rx.recv() => {
-                let Some(s) = s else { continue };
-                let current: Vec<&Received> = s.acks.iter().filter(|(e, _)| *e == epoch).map(|(_, m)| m).collect();
-                if current.is_empty() {
-                    continue;
-                }
-                match events.ack(&client, &current).await {
-                    Ok(()) => host.messages_acked(current.len() as u64),
-                    Err(e) => {
-                        // The socket failed: the next poll reconnects, and
-                        // the broker redelivers what was not acknowledged.
-                        epoch += 1;
-                        warn!(device = device.name, error = e.message, "MQTT connection failed while acknowledging");
+                let Some(s) = s else {
+                    // The publisher stopped: the bus refused a frame.
+                    return Err(publisher_error(publisher.await));
+                };
+                let mut n = 0u64;
+                for (e, m) in &s.acks {
+                    if *e == epoch {
+                        client.ack(m).map_err(|e| device_error(&device, e.message))?;
+                        n += 1;
                     }
+                }
+                if n > 0 {
+                    host.messages_acked(n);
                 }
             }
             permit = batch_tx.reserve(), if !pending.is_empty() => match permit {
@@ -289,28 +299,35 @@ pub async fn run<H: DriverHost>(
                 let t = opts.no_message_timeout.unwrap_or_default();
                 set_online(&mut online, &mut pending, false, &format!("no message for {t:?}"));
             }
-            e = events.poll() => match e {
-                Ok(Event::Connected { session_present }) => {
+            e = events.recv() => match e {
+                None => return Err(device_error(&device, "MQTT event loop stopped")),
+                Some(Ok(Event::Connected { session_present, .. })) => {
                     epoch += 1;
                     failures = 0;
-                    // A new session (or this process's first connection,
-                    // whose filters may have changed) subscribes; a kept
-                    // session still has its subscriptions.
+                    // A new session, or this process's subscriptions not
+                    // all confirmed yet (its filters may have changed):
+                    // subscribe. A kept session still has them.
                     if !session_present || !subscribed {
                         client
                             .subscribe(router.filters(), opts.qos)
                             .map_err(|e| device_error(&device, e.message))?;
-                        subscribed = true;
+                        subacks_due = router.filters().len().div_ceil(64);
                     }
                     info!(device = device.name, session_present, "MQTT device connected");
                     last_message = tokio::time::Instant::now();
                     silent = false;
                     set_online(&mut online, &mut pending, true, "");
                 }
-                Ok(Event::Subscribed { refused }) if refused > 0 => {
-                    warn!(device = device.name, refused, "the broker refused subscriptions (ACL or invalid filter)");
+                Some(Ok(Event::Subscribed { refused })) => {
+                    if refused > 0 {
+                        warn!(device = device.name, refused, "the broker refused subscriptions (ACL or invalid filter)");
+                    }
+                    subacks_due = subacks_due.saturating_sub(1);
+                    if subacks_due == 0 {
+                        subscribed = true;
+                    }
                 }
-                Ok(Event::Message(m)) => {
+                Some(Ok(Event::Message(m))) => {
                     last_message = tokio::time::Instant::now();
                     if silent {
                         silent = false;
@@ -321,55 +338,30 @@ pub async fn run<H: DriverHost>(
                     pending.push_samples(&device.name, samples);
                     pending.messages += 1;
                     if m.qos() > 0 {
-                        pending.acks.push((epoch, m));
+                        pending.acks.push((epoch, m.ack_token()));
                     }
                     host.poll_finished(&PollReport { duration: t0.elapsed(), ..report });
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
                     // Acks settled from now on belong to a dead connection:
                     // on a new session their packet ids may name other
                     // messages, so they are never sent (the broker
-                    // redelivers those messages instead).
+                    // redelivers those messages instead). The event loop
+                    // task waits the retry delay before reconnecting.
                     epoch += 1;
                     failures += 1;
-                    let delay = device.retry.delay(failures);
                     if failures == 1 || online != Some(false) {
-                        warn!(device = device.name, error = e.message, retry_in = ?delay, "MQTT connection down");
+                        warn!(device = device.name, error = e.message, retry_in = ?device.retry.delay(failures), "MQTT connection down");
                     }
                     set_online(&mut online, &mut pending, false, &e.message);
-                    let until = tokio::time::Instant::now() + delay;
-                    // Keep settling and publishing while waiting to reconnect.
-                    loop {
-                        tokio::select! {
-                            biased;
-                            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break 'run },
-                            w = writes.recv(), if writes_open => match w {
-                                Some(w) => {
-                                    let _ = w.reply.send(WriteResult::failed(
-                                        WriteStatus::Unsupported,
-                                        0,
-                                        "MQTT tags are read-only (subscriptions)",
-                                    ));
-                                }
-                                None => writes_open = false,
-                            },
-                            s = settled_rx.recv() => if let Some(s) = s {
-                                // Their connection is gone: the broker redelivers them.
-                                drop(s);
-                            },
-                            permit = batch_tx.reserve(), if !pending.is_empty() => match permit {
-                                Ok(p) => p.send(std::mem::take(&mut pending)),
-                                Err(_) => return Err(publisher_error(publisher.await)),
-                            },
-                            _ = tokio::time::sleep_until(until) => break,
-                        }
-                    }
                 }
             },
         }
         if pending.messages >= MAX_PENDING {
-            // Backpressure: stop reading until the bus took the batch.
+            // Backpressure: stop reading until the bus took the batch (the
+            // event loop task keeps the connection alive meanwhile, and the
+            // broker keeps what does not fit in its channel).
             if batch_tx.send(std::mem::take(&mut pending)).await.is_err() {
                 return Err(publisher_error(publisher.await));
             }
@@ -385,19 +377,20 @@ pub async fn run<H: DriverHost>(
     drop(batch_tx);
     let published = publisher.await;
     while let Ok(s) = settled_rx.try_recv() {
-        let current: Vec<&Received> = s
-            .acks
-            .iter()
-            .filter(|(e, _)| *e == epoch)
-            .map(|(_, m)| m)
-            .collect();
-        if events.ack(&client, &current).await.is_ok() {
-            host.messages_acked(current.len() as u64);
+        let mut n = 0u64;
+        for (e, m) in &s.acks {
+            if *e == epoch && client.ack(m).is_ok() {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            host.messages_acked(n);
         }
     }
+    // DISCONNECT goes out after the acks queued before it.
     client.disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while events.poll().await.is_ok() {}
+        while let Some(Ok(_)) = events.recv().await {}
     })
     .await;
     host.connection_changed(false);

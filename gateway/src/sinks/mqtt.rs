@@ -304,7 +304,7 @@ async fn session(
         sink: ctx.name.clone(),
     };
     let status_topic = topic(&cfg.status_topic, gateway_id, "", "", "");
-    let (client, mut events) = client::connect(
+    let (client, events) = client::connect(
         conn,
         client::Options {
             manual_acks: false,
@@ -312,17 +312,28 @@ async fn session(
         },
     )
     .map_err(|e| SinkError::Setup(e.message))?;
+    // The event loop runs in its own task (its poll is not safe to drop
+    // mid-way); a failed connection ends the session, and the sink's own
+    // backoff runs before the next one, so the task never reconnects.
+    let (mut events, task) = client::spawn(events, |_| Duration::from_secs(3600));
+    let _task = client::AbortOnDrop(task);
     // Wait for CONNACK.
-    loop {
+    let max_packet = loop {
         tokio::select! {
             _ = crate::supervisor::wait_true(&mut ctx.shutdown) => return Ok(End::Shutdown),
-            e = events.poll() => match e {
-                Ok(Event::Connected { .. }) => break,
-                Ok(_) => {}
-                Err(e) => return Ok(End::Lost(e)),
+            e = events.recv() => match e {
+                Some(Ok(Event::Connected { max_packet, .. })) => break max_packet,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Ok(End::Lost(e)),
+                None => return Ok(End::Lost(client::MqttError { message: "event loop stopped".into(), refused: false })),
             },
         }
-    }
+    };
+    // A message the broker cannot take would break the connection on
+    // every retry: MQTT 5 brokers announce their limit.
+    let max_message = max_packet.map_or(MAX_MESSAGE, |m| {
+        (m as usize).saturating_sub(1024).min(MAX_MESSAGE)
+    });
     if *failures > 0 {
         info!(
             sink = ctx.name,
@@ -386,14 +397,14 @@ async fn session(
                 stop(&client, &mut events, &status_topic, &mut window, &sub).await;
                 return Ok(End::Shutdown);
             }
-            e = events.poll() => match e {
-                Ok(Event::Sent(pkid)) => window.sent(pkid),
-                Ok(Event::Confirmed(pkid)) => {
+            e = events.recv() => match e {
+                Some(Ok(Event::Sent(pkid))) => window.sent(pkid),
+                Some(Ok(Event::Confirmed(pkid))) => {
                     if window.confirmed(pkid) {
                         ctx.metrics.mqtt_publish_acks.get_or_create(&label).inc();
                     }
                 }
-                Ok(Event::Refused { pkid, reason }) => {
+                Some(Ok(Event::Refused { pkid, reason })) => {
                     // Refused for good (MQTT 5 reason code, e.g. not
                     // authorized for that topic): counted and skipped, as
                     // retrying would refuse it again and stop the cursor.
@@ -402,8 +413,9 @@ async fn session(
                         warn!(sink = ctx.name, reason, "the broker refused a message; skipped");
                     }
                 }
-                Ok(_) => {}
-                Err(e) => return Ok(End::Lost(e)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Ok(End::Lost(e)),
+                None => return Ok(End::Lost(client::MqttError { message: "event loop stopped".into(), refused: false })),
             },
             frames = sub.recv_batch(16), if outbox.is_empty() => {
                 if ctx.config.has_changed().unwrap_or(false) {
@@ -421,12 +433,19 @@ async fn session(
                     let msgs: Vec<Outgoing> = msgs
                         .into_iter()
                         .filter(|m| {
-                            let fits = m.payload.len() <= MAX_MESSAGE;
+                            let fits = m.payload.len() + m.topic.len() <= max_message;
                             if !fits {
-                                warn!(sink = ctx.name, seq = f.sequence_id, bytes = m.payload.len(), "message too large for MQTT; skipped");
+                                warn!(sink = ctx.name, seq = f.sequence_id, bytes = m.payload.len(), max_message, "message too large for the broker; skipped");
                                 ctx.metrics.sink_dead_lettered.get_or_create(&label).inc();
                             }
-                            fits
+                            // An empty topic (a template of only `{device}`
+                            // for an event without a device) cannot be sent.
+                            let named = !m.topic.is_empty();
+                            if !named {
+                                warn!(sink = ctx.name, seq = f.sequence_id, "message with an empty topic; skipped");
+                                ctx.metrics.sink_dead_lettered.get_or_create(&label).inc();
+                            }
+                            fits && named
                         })
                         .collect();
                     if msgs.is_empty() {
@@ -465,7 +484,7 @@ fn settle(
 /// will) and disconnect.
 async fn stop(
     client: &client::Client,
-    events: &mut client::EventLoop,
+    events: &mut tokio::sync::mpsc::Receiver<client::Polled>,
     status_topic: &str,
     window: &mut Window,
     sub: &frame_bus::Subscription,
@@ -481,13 +500,13 @@ async fn stop(
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while !window.entries.is_empty() {
-            match events.poll().await {
-                Ok(Event::Sent(pkid)) => window.sent(pkid),
-                Ok(Event::Confirmed(pkid)) | Ok(Event::Refused { pkid, .. }) => {
+            match events.recv().await {
+                Some(Ok(Event::Sent(pkid))) => window.sent(pkid),
+                Some(Ok(Event::Confirmed(pkid))) | Some(Ok(Event::Refused { pkid, .. })) => {
                     window.confirmed(pkid);
                 }
-                Ok(_) => {}
-                Err(_) => break,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
             }
             if let (Some(seq), _) = window.settle() {
                 let _ = sub.ack(seq);
@@ -497,7 +516,7 @@ async fn stop(
     .await;
     client.disconnect();
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while events.poll().await.is_ok() {}
+        while let Some(Ok(_)) = events.recv().await {}
     })
     .await;
 }
