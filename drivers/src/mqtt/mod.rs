@@ -272,7 +272,18 @@ pub async fn run<H: DriverHost>(
                 let mut n = 0u64;
                 for (e, m) in &s.acks {
                     if *e == epoch {
-                        client.ack(m).map_err(|e| device_error(&device, e.message))?;
+                        // Fails only when rumqttc's request queue is full:
+                        // under a flood beyond the broker's in-flight window
+                        // its event loop reads ten packets per ack it
+                        // writes. The driver then restarts (supervised),
+                        // and the broker redelivers what was not
+                        // acknowledged.
+                        client.ack(m).map_err(|e| {
+                            device_error(
+                                &device,
+                                format!("acknowledgements fell behind the broker's flood ({}); reconnecting", e.message),
+                            )
+                        })?;
                         n += 1;
                     }
                 }
