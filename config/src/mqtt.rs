@@ -217,8 +217,9 @@ pub struct MqttDevice {
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
     pub key_file: Option<PathBuf>,
-    /// Subscription QoS: 1 (default) or 2 are acknowledged only once the
-    /// frame is in the bus; 0 is lossy (the broker never redelivers).
+    /// Subscription QoS: 1 (default) is acknowledged only once the frame is
+    /// in the bus; 0 is lossy (the broker never redelivers); 2 is refused
+    /// at load (see `validate::qos_supported`).
     #[serde(default = "d_qos")]
     pub qos: Qos,
     /// Default topic template of the tags.

@@ -42,7 +42,7 @@
 //! | `gateway_mqtt_messages_acked_total` | counter | device (acknowledged to the broker after their frame reached the bus) |
 //! | `gateway_mqtt_parse_errors_total` | counter | device, reason = too_large, empty, not_utf8, not_json, missing_pointer, null, wrong_type, out_of_range, bad_timestamp, unmatched |
 //! | `gateway_mqtt_messages_published_total` | counter | sink (MQTT sink: messages handed to the broker connection) |
-//! | `gateway_mqtt_publish_acks_total` | counter | sink (PUBACK / PUBCOMP received) |
+//! | `gateway_mqtt_publish_acks_total` | counter | sink (PUBACK received) |
 //! | `gateway_mqtt_inflight_messages` | gauge | sink (published, not yet confirmed) |
 //! | `gateway_build_info` | info | version |
 
@@ -219,7 +219,7 @@ impl Metrics {
         );
         r.register(
             "mqtt_publish_acks",
-            "MQTT sink: QoS 1/2 messages confirmed by the broker (PUBACK/PUBCOMP)",
+            "MQTT sink: QoS 1 messages confirmed by the broker (PUBACK)",
             mqtt_publish_acks.clone(),
         );
         r.register(

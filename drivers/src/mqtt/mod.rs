@@ -1,9 +1,9 @@
 //! `protocol = "mqtt"`: a device whose values arrive as MQTT messages.
 //!
 //! # Delivery guarantee
-//! With QoS 1 or 2 (the default is 1) and a persistent session
+//! With QoS 1 (the default; 2 is refused at load) and a persistent session
 //! (`clean_session = false`, the default; MQTT 5: `session_expiry`), a
-//! message is acknowledged to the broker (PUBACK, or PUBREC for QoS 2) only
+//! message is acknowledged to the broker (PUBACK) only
 //! after the frame holding its samples is in the bus with the bus's
 //! configured durability. A gateway killed before that never acknowledged
 //! it, so the broker redelivers it when the gateway reconnects:
@@ -12,14 +12,15 @@
 //! in-flight window in steady state (`max_inflight` with MQTT 5,
 //! Mosquitto's `max_inflight_messages` with 3.1.1), but thousands when a
 //! crash hits the drain of a backlog (Mosquitto 2.0.11 exceeds its window
-//! there, and a killed socket with unread data discards the acks in
-//! flight; measured in docs/drivers/mqtt.md). QoS 0 is at-most-once: the
+//! there, rumqttc writes one queued ack per read of up to ten packets,
+//! and a killed socket with unread data discards the acks in flight;
+//! measured in docs/drivers/mqtt.md). QoS 0 is at-most-once: the
 //! broker never redelivers.
 //!
 //! Acknowledgements go out in the order the messages arrived (MQTT
 //! requires it for QoS 1), malformed messages included, as soon as their
-//! batch is in the bus (3.1.1: written straight to the socket, see
-//! [`client::EventLoop::ack`]): a malformed
+//! batch is in the bus (through rumqttc's request queue; its event loop
+//! runs in a task of its own, [`client::spawn`]): a malformed
 //! message is counted by reason, logged once per burst, acknowledged (so
 //! it is not redelivered forever) and skipped. Acks of messages received
 //! on an earlier connection are never sent: after a reconnect the broker

@@ -19,7 +19,7 @@
 //! At-least-once, in bus order. Messages go out in order on one
 //! connection; the cursor moves past a frame only once the broker
 //! confirmed every message of it and of all frames before it (PUBACK for
-//! QoS 1, PUBCOMP for QoS 2; QoS 0 counts as confirmed once written to the
+//! QoS 1; QoS 0 counts as confirmed once written to the
 //! socket, so QoS 0 can lose what was in flight). At most `max_inflight`
 //! messages are unconfirmed. When the connection drops, the sink
 //! reconnects with backoff (250 ms doubling to `max_retry_interval`) on a
@@ -274,21 +274,23 @@ impl Window {
     }
 
     /// Pops the confirmed prefix: the last frame it completes and how many
-    /// messages it held.
+    /// frames with messages it completes.
     fn settle(&mut self) -> (Option<u64>, u64) {
         let mut done_to = None;
-        let mut messages = 0;
+        let mut frames = 0;
         while self.entries.front().is_some_and(|e| e.confirmed) {
             let Some(e) = self.entries.pop_front() else { break };
             if e.pkid.is_some() {
                 self.inflight = self.inflight.saturating_sub(1);
-                messages += 1;
             }
             if let Some(seq) = e.completes {
                 done_to = Some(seq);
+                if e.pkid.is_some() {
+                    frames += 1;
+                }
             }
         }
-        (done_to, messages)
+        (done_to, frames)
     }
 }
 
@@ -470,11 +472,11 @@ fn settle(
     sub: &frame_bus::Subscription,
     window: &mut Window,
 ) -> Result<(), SinkError> {
-    let (done_to, confirmed) = window.settle();
+    let (done_to, frames) = window.settle();
     if let Some(seq) = done_to {
         sub.ack(seq)?;
-        ctx.metrics.sink_written.get_or_create(label).inc_by(confirmed);
-        lock(&ctx.state).written += confirmed;
+        ctx.metrics.sink_written.get_or_create(label).inc_by(frames);
+        lock(&ctx.state).written += frames;
     }
     Ok(())
 }
