@@ -28,7 +28,7 @@ pub struct MqttError {
 }
 
 impl MqttError {
-    fn new(message: impl Into<String>) -> MqttError {
+    pub fn new(message: impl Into<String>) -> MqttError {
         MqttError {
             message: message.into(),
             refused: false,
@@ -77,12 +77,6 @@ impl Received {
         match self {
             Received::V4(p) => p.qos as u8,
             Received::V5(p) => p.qos as u8,
-        }
-    }
-    pub fn retain(&self) -> bool {
-        match self {
-            Received::V4(p) => p.retain,
-            Received::V5(p) => p.retain,
         }
     }
 }

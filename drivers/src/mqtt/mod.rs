@@ -104,10 +104,9 @@ impl Batch {
     }
 }
 
-/// Settled acks, back from the publisher task.
-struct Settled {
-    acks: Vec<(u64, Received)>,
-}
+/// Settled acks, back from the publisher task: the batch's QoS 1
+/// messages with the connection (epoch) each came on.
+type Settled = Vec<(u64, Received)>;
 
 /// Logs malformed messages once per burst: the first at once, then one
 /// line per [`LOG_EVERY`] with the count since the previous line.
@@ -185,7 +184,7 @@ pub async fn run<H: DriverHost>(
                         Publication::Event(e) => host.publish_event(e).await?,
                     }
                 }
-                if settled_tx.send(Settled { acks: b.acks }).is_err() {
+                if settled_tx.send(b.acks).is_err() {
                     break;
                 }
             }
@@ -271,7 +270,7 @@ pub async fn run<H: DriverHost>(
                     return Err(publisher_error(publisher.await));
                 };
                 let mut n = 0u64;
-                for (e, m) in &s.acks {
+                for (e, m) in &s {
                     if *e == epoch {
                         // Fails only when rumqttc's request queue is full:
                         // under a flood beyond the broker's in-flight window
@@ -390,7 +389,7 @@ pub async fn run<H: DriverHost>(
     let published = publisher.await;
     while let Ok(s) = settled_rx.try_recv() {
         let mut n = 0u64;
-        for (e, m) in &s.acks {
+        for (e, m) in &s {
             if *e == epoch && client.ack(m).is_ok() {
                 n += 1;
             }

@@ -38,18 +38,6 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
-        Reason::TooLarge,
-        Reason::Empty,
-        Reason::NotUtf8,
-        Reason::NotJson,
-        Reason::MissingPointer,
-        Reason::Null,
-        Reason::WrongType,
-        Reason::OutOfRange,
-        Reason::BadTimestamp,
-        Reason::Unmatched,
-    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::TooLarge => "too_large",

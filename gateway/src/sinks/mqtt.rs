@@ -47,10 +47,10 @@ struct Entry {
     /// The frame this message completes (its last message, or the frame's
     /// placeholder when it produced no message).
     completes: Option<u64>,
-    /// Packet id once the event loop sent it (0 for QoS 0).
+    /// Packet id once the event loop sent it (0 for QoS 0); `None` and
+    /// not confirmed = waits for its `Sent` event (a placeholder is
+    /// confirmed from the start).
     pkid: Option<u16>,
-    /// Waits for its `Sent` event.
-    unsent: bool,
     confirmed: bool,
 }
 
@@ -241,7 +241,6 @@ impl Window {
         self.entries.push_back(Entry {
             completes,
             pkid: None,
-            unsent: published,
             confirmed: !published,
         });
         if published {
@@ -250,8 +249,11 @@ impl Window {
     }
 
     fn sent(&mut self, pkid: u16) {
-        if let Some(en) = self.entries.iter_mut().find(|en| en.unsent) {
-            en.unsent = false;
+        if let Some(en) = self
+            .entries
+            .iter_mut()
+            .find(|en| en.pkid.is_none() && !en.confirmed)
+        {
             en.pkid = Some(pkid);
             // QoS 0 has no confirmation: written to the socket is all.
             en.confirmed = pkid == 0;
@@ -327,7 +329,7 @@ async fn session(
                 Some(Ok(Event::Connected { max_packet, .. })) => break max_packet,
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Ok(End::Lost(e)),
-                None => return Ok(End::Lost(client::MqttError { message: "event loop stopped".into(), refused: false })),
+                None => return Ok(End::Lost(client::MqttError::new("event loop stopped"))),
             },
         }
     };
@@ -417,7 +419,7 @@ async fn session(
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Ok(End::Lost(e)),
-                None => return Ok(End::Lost(client::MqttError { message: "event loop stopped".into(), refused: false })),
+                None => return Ok(End::Lost(client::MqttError::new("event loop stopped"))),
             },
             frames = sub.recv_batch(16), if outbox.is_empty() => {
                 if ctx.config.has_changed().unwrap_or(false) {
