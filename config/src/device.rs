@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::modbus::{ModbusDevice, ModbusTag};
 use crate::mqtt::{MqttDevice, MqttTag};
+use crate::opcua::{OpcuaDevice, OpcuaTag};
 use crate::simulator::{SimulatorDevice, SimulatorTag};
 use crate::units;
 
@@ -26,6 +27,9 @@ pub enum Protocol {
     ModbusRtuOverTcp,
     /// Subscriptions on an MQTT broker, `endpoint = "mqtt://host:1883"`.
     Mqtt,
+    /// An OPC UA server, `endpoint = "opc.tcp://host:4840/path"`.
+    #[serde(alias = "opc-ua")]
+    Opcua,
 }
 
 impl Protocol {
@@ -36,6 +40,7 @@ impl Protocol {
             Protocol::ModbusRtu => "modbus-rtu",
             Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
             Protocol::Mqtt => "mqtt",
+            Protocol::Opcua => "opcua",
         }
     }
     pub fn is_modbus(self) -> bool {
@@ -130,6 +135,7 @@ pub enum DriverOptions {
     Simulator(SimulatorDevice),
     Modbus(ModbusDevice),
     Mqtt(MqttDevice),
+    Opcua(Box<OpcuaDevice>),
 }
 
 /// Protocol-specific keys of a tag.
@@ -138,6 +144,7 @@ pub enum TagOptions {
     Simulator(SimulatorTag),
     Modbus(ModbusTag),
     Mqtt(MqttTag),
+    Opcua(OpcuaTag),
 }
 
 /// One device (one file).

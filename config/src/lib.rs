@@ -37,6 +37,7 @@ mod influx;
 mod load;
 pub mod modbus;
 pub mod mqtt;
+pub mod opcua;
 mod postgres;
 mod simulator;
 pub mod units;
@@ -59,6 +60,10 @@ pub use modbus::{ByteOrder, ModbusDevice, ModbusPoint, ModbusTag, Parity, Serial
 pub use mqtt::{
     BrokerAddress, MqttConnection, MqttDevice, MqttMessageMode, MqttSinkConfig, MqttTag, MqttVersion,
     PayloadFormat, Qos, TimestampFormat,
+};
+pub use opcua::{
+    AcquisitionMode, ArrayMode, DeadbandType, Namespace, NodeAddress, NodeIdentifier, OpcuaDevice, OpcuaTag,
+    SecurityMode, SecurityPolicy, TimestampSource,
 };
 pub use postgres::{PostgresSinkConfig, SslMode};
 pub use simulator::{ConstantValue, Generator, SimulatorDevice, SimulatorTag};
@@ -108,6 +113,7 @@ pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigEr
     }
     if let (Some(g), Some((src, _))) = (&gateway, &gsrc) {
         mqtt_client_ids(g, src, &mut devices, &mut errors);
+        opcua_defaults(g, &mut devices);
     }
     match gateway {
         Some(gateway) if errors.is_empty() => Ok(Config {
@@ -116,6 +122,20 @@ pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigEr
             devices: devices.into_iter().map(|(d, _)| d).collect(),
         }),
         _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Gives OPC UA devices the gateway's defaults: the PKI directory
+/// `<data_dir>/pki/opcua` (one client certificate for the gateway, one
+/// trust list) and the application URI `urn:gateway-rust:<gateway_id>`.
+fn opcua_defaults(g: &GatewayConfig, devices: &mut [(DeviceConfig, Source)]) {
+    for (d, _) in devices.iter_mut() {
+        if let DriverOptions::Opcua(o) = &mut d.driver {
+            o.pki_dir
+                .get_or_insert_with(|| g.data_dir.join("pki").join("opcua"));
+            o.application_uri
+                .get_or_insert_with(|| format!("urn:gateway-rust:{}", g.gateway_id));
+        }
     }
 }
 
@@ -400,6 +420,17 @@ fn load_device(
                 }
                 DriverOptions::Mqtt(m)
             }),
+            Protocol::Opcua => de(&src, rest, "", keys, errors).map(|mut o: OpcuaDevice| {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                for f in [&mut o.pki_dir, &mut o.user_cert_file, &mut o.user_key_file] {
+                    if let Some(p) = f.as_mut() {
+                        if p.is_relative() {
+                            *p = dir.join(&*p);
+                        }
+                    }
+                }
+                DriverOptions::Opcua(Box::new(o))
+            }),
         }
     });
     let mut tags = Vec::with_capacity(raw_tags.len());
@@ -422,6 +453,7 @@ fn load_device(
                     de(&src, rest, &base, keys, errors).map(TagOptions::Modbus)
                 }
                 Protocol::Mqtt => de(&src, rest, &base, keys, errors).map(TagOptions::Mqtt),
+                Protocol::Opcua => de(&src, rest, &base, keys, errors).map(TagOptions::Opcua),
             }
         });
         if let (Some(c), Some(driver)) = (tc, topt) {

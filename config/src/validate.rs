@@ -321,6 +321,7 @@ pub(crate) fn device(d: &DeviceConfig, src: &Source, errors: &mut Vec<ConfigErro
         }
         DriverOptions::Modbus(m) => modbus_device(d, m, &mut e),
         DriverOptions::Mqtt(m) => mqtt_device(d, m, &mut e),
+        DriverOptions::Opcua(o) => opcua_device(d, o, &mut e),
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, t) in d.tags.iter().enumerate() {
@@ -337,6 +338,9 @@ pub(crate) fn device(d: &DeviceConfig, src: &Source, errors: &mut Vec<ConfigErro
         }
         if let (DriverOptions::Mqtt(m), TagOptions::Mqtt(o)) = (&d.driver, &t.driver) {
             mqtt_tag(d, m, t, o, &base, &mut e);
+        }
+        if let (DriverOptions::Opcua(m), TagOptions::Opcua(o)) = (&d.driver, &t.driver) {
+            opcua_tag(m, t, o, &base, &mut e);
         }
     }
     if d.tags.is_empty() {
@@ -445,7 +449,7 @@ fn tag(t: &TagConfig, base: &str, e: &mut impl FnMut(&str, String)) {
             }
         }
         // Need the device's options: checked by `modbus_tag`, `mqtt_tag`.
-        TagOptions::Modbus(_) | TagOptions::Mqtt(_) => {}
+        TagOptions::Modbus(_) | TagOptions::Mqtt(_) | TagOptions::Opcua(_) => {}
     }
 }
 
@@ -562,6 +566,147 @@ fn mqtt_device(d: &DeviceConfig, m: &crate::mqtt::MqttDevice, e: &mut impl FnMut
         let f = crate::mqtt::expand_topic(t, &d.name, "x");
         if let Err(msg) = crate::mqtt::check_filter(&f).and_then(|()| not_shared(&f)) {
             e("topic", msg);
+        }
+    }
+}
+
+fn opcua_device(d: &DeviceConfig, o: &crate::opcua::OpcuaDevice, e: &mut impl FnMut(&str, String)) {
+    use crate::opcua::{SecurityMode, SecurityPolicy};
+    if !d.endpoint.trim().is_empty() {
+        if let Err(msg) = crate::opcua::check_endpoint(&d.endpoint) {
+            e("endpoint", msg);
+        }
+    }
+    match (o.security_policy, o.mode_of_security()) {
+        (SecurityPolicy::None, SecurityMode::None) => {}
+        (SecurityPolicy::None, m) => e(
+            "security_mode",
+            format!(
+                "{} needs a security_policy other than None (e.g. \"Basic256Sha256\")",
+                m.as_str()
+            ),
+        ),
+        (p, SecurityMode::None) => e(
+            "security_mode",
+            format!(
+                "security_policy {} needs security_mode Sign or SignAndEncrypt",
+                p.as_str()
+            ),
+        ),
+        _ => {}
+    }
+    match (&o.username, &o.password) {
+        (Some(u), Some(_)) if u.is_empty() => e("username", "must not be empty".into()),
+        (Some(_), None) => e(
+            "username",
+            "needs a password (use password = \"${ENV_VAR}\")".into(),
+        ),
+        (None, Some(_)) => e("username", "password without username".into()),
+        _ => {}
+    }
+    if o.user_cert_file.is_some() != o.user_key_file.is_some() {
+        e(
+            "user_cert_file",
+            "an X.509 user identity needs both user_cert_file and user_key_file".into(),
+        );
+    }
+    if o.username.is_some() && o.user_cert_file.is_some() {
+        e(
+            "user_cert_file",
+            "choose one user identity: username/password or user_cert_file/user_key_file".into(),
+        );
+    }
+    for (k, f) in [
+        ("user_cert_file", &o.user_cert_file),
+        ("user_key_file", &o.user_key_file),
+    ] {
+        if let Some(f) = f {
+            if !f.is_file() {
+                e(k, format!("{} is not a readable file", f.display()));
+            }
+        }
+    }
+    if o.application_name.trim().is_empty() {
+        e("application_name", "must not be empty".into());
+    }
+    if o.application_uri.as_deref().is_some_and(|u| u.trim().is_empty()) {
+        e("application_uri", "must not be empty".into());
+    }
+    positive(e, "keep_alive_interval", o.keep_alive_interval);
+    if o.session_timeout < Duration::from_secs(10) || o.session_timeout.as_millis() > u128::from(u32::MAX) {
+        e(
+            "session_timeout",
+            format!("must be between 10s and 49 days, got {:?}", o.session_timeout),
+        );
+    } else if o.keep_alive_interval.saturating_mul(2) > o.session_timeout {
+        e(
+            "keep_alive_interval",
+            format!(
+                "must be at most half of session_timeout ({:?}), or the session can time out between keep-alives",
+                o.session_timeout
+            ),
+        );
+    }
+    for (k, v) in [
+        ("queue_size", o.queue_size),
+        ("max_nodes_per_read", o.max_nodes_per_read),
+        ("max_items_per_request", o.max_items_per_request),
+    ] {
+        if v == 0 {
+            e(k, "must be > 0".into());
+        }
+    }
+}
+
+fn opcua_tag(
+    m: &crate::opcua::OpcuaDevice,
+    t: &TagConfig,
+    o: &crate::opcua::OpcuaTag,
+    base: &str,
+    e: &mut impl FnMut(&str, String),
+) {
+    use crate::opcua::{AcquisitionMode, DeadbandType};
+    let k = |key: &str| format!("{base}.{key}");
+    if !t.address.trim().is_empty() {
+        if let Err(msg) = crate::opcua::NodeAddress::parse(&t.address) {
+            e(&k("address"), msg);
+        }
+    }
+    let mode = o.mode.unwrap_or(m.mode);
+    if mode == AcquisitionMode::Poll {
+        for (key, set) in [
+            ("sampling_interval", o.sampling_interval.is_some()),
+            ("queue_size", o.queue_size.is_some()),
+            ("discard_oldest", o.discard_oldest.is_some()),
+            ("deadband_type", o.deadband_type != DeadbandType::None),
+        ] {
+            if set {
+                e(&k(key), "only applies to mode = \"subscription\"".into());
+            }
+        }
+    }
+    if o.queue_size == Some(0) {
+        e(&k("queue_size"), "must be > 0".into());
+    }
+    match (o.deadband_type, o.deadband_value) {
+        (DeadbandType::None, Some(_)) => e(
+            &k("deadband_value"),
+            "needs deadband_type = \"absolute\" or \"percent\"".into(),
+        ),
+        (DeadbandType::None, None) => {}
+        (_, None) => e(&k("deadband_value"), "deadband_type needs deadband_value".into()),
+        (kind, Some(v)) => {
+            if !(v >= 0.0 && v.is_finite()) {
+                e(&k("deadband_value"), format!("must be >= 0, got {v}"));
+            } else if kind == DeadbandType::Percent && v > 100.0 {
+                e(&k("deadband_value"), format!("a percent is at most 100, got {v}"));
+            }
+            if !t.data_type.is_numeric() {
+                e(
+                    &k("deadband_type"),
+                    format!("a deadband needs a numeric data_type, not {:?}", t.data_type),
+                );
+            }
         }
     }
 }

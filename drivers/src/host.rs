@@ -71,6 +71,26 @@ impl PollReport {
     }
 }
 
+/// What an OPC UA driver reports for its metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OpcuaStat {
+    /// The session is up (`true`) or not.
+    SessionUp(bool),
+    /// One session attempt ended (opened, or failed).
+    SessionAttempt { ok: bool },
+    /// Subscriptions and monitored items that exist on the server now.
+    Items {
+        subscriptions: usize,
+        monitored_items: usize,
+    },
+    /// Data change notifications received.
+    Notifications(u64),
+    /// Values received with a Bad status (including refused items).
+    BadValues(u64),
+    /// Round trip of one Read request (poll mode).
+    ReadLatency(Duration),
+}
+
 /// The bus refused a frame.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("publish failed: {message}")]
@@ -110,4 +130,11 @@ pub trait DriverHost: Send + Sync + 'static {
     /// Push drivers: a message (or one tag's part of it) was malformed and
     /// skipped; `reason` is a short snake_case word.
     fn payload_rejected(&self, _reason: &'static str) {}
+    /// The device refuses the gateway's settings (security, identity):
+    /// status `Error` rather than `Offline`.
+    fn connection_failed(&self, _reason: &str) {
+        self.connection_changed(false);
+    }
+    /// OPC UA drivers: session and subscription figures.
+    fn opcua(&self, _stat: OpcuaStat) {}
 }

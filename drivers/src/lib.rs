@@ -1,5 +1,5 @@
 //! Gateway_Rust device drivers (simulator, Modbus TCP/RTU/RTU-over-TCP,
-//! MQTT subscriptions; OPC-UA with its issue): device I/O in, `proto::DataFrame`s
+//! MQTT subscriptions, OPC UA subscriptions and reads): device I/O in, `proto::DataFrame`s
 //! and device status events out, tag writes in through a [`write::WriteQueue`].
 //!
 //! # Contract
@@ -28,13 +28,14 @@
 mod host;
 pub mod modbus;
 pub mod mqtt;
+pub mod opcua;
 pub mod pipeline;
 pub mod sample;
 pub mod simulator;
 pub mod status;
 pub mod write;
 
-pub use host::{DriverError, DriverHost, ErrorKind, HostError, PollError, PollReport};
+pub use host::{DriverError, DriverHost, ErrorKind, HostError, OpcuaStat, PollError, PollReport};
 
 use std::sync::Arc;
 
@@ -53,5 +54,6 @@ pub async fn run_device<H: DriverHost>(
         DriverOptions::Simulator(_) => simulator::run(device.clone(), host, shutdown, writes).await,
         DriverOptions::Modbus(_) => modbus::run(device.clone(), host, shutdown, writes).await,
         DriverOptions::Mqtt(_) => mqtt::run(device.clone(), host, shutdown, writes).await,
+        DriverOptions::Opcua(_) => opcua::run(device.clone(), host, shutdown, writes).await,
     }
 }

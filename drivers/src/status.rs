@@ -40,9 +40,40 @@ impl Health {
     }
 }
 
+/// A device's link as session-based drivers (OPC UA) report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkStatus {
+    Online,
+    /// Unreachable, or the connection was lost.
+    Offline,
+    /// The device refuses the gateway's settings (security, identity):
+    /// retrying alone will not fix it.
+    Error,
+}
+
+impl LinkStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkStatus::Online => "Online",
+            LinkStatus::Offline => "Offline",
+            LinkStatus::Error => "Error",
+        }
+    }
+}
+
 /// The event announcing that `device` went Online or Offline.
 pub fn status_event(device: &str, online: bool, reason: &str, ts_ns: u64) -> EventFrame {
-    let status = if online { "Online" } else { "Offline" };
+    let status = if online {
+        LinkStatus::Online
+    } else {
+        LinkStatus::Offline
+    };
+    link_event(device, status, reason, ts_ns)
+}
+
+/// The event announcing that `device` is now `status`.
+pub fn link_event(device: &str, status: LinkStatus, reason: &str, ts_ns: u64) -> EventFrame {
+    let status = status.as_str();
     EventFrame {
         event_id: format!("{device}:status:{ts_ns}"),
         kind: EventKind::DeviceStatusChanged as i32,

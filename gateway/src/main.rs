@@ -1,7 +1,7 @@
 //! `gateway`: the Gateway_Rust binary — wiring, sinks, HTTP, CLI.
 //!
 //! Commands: `run`, `check`, `wal stat|tail|cursors|set-cursor|remove-consumer`,
-//! `dead-letter list|replay`, `db migrate|status`.
+//! `dead-letter list|replay`, `db migrate|status`, `discover opcua`.
 //! Exit codes: 0 success, 2 configuration (or usage) error, 1 runtime failure.
 
 mod alerts;
@@ -10,6 +10,7 @@ mod check;
 mod commands;
 mod db_cmd;
 mod dead_letter_cmd;
+mod discover_cmd;
 mod frame_json;
 mod http;
 mod metrics;
@@ -71,6 +72,11 @@ enum Cmd {
     DeadLetter {
         #[command(subcommand)]
         command: dead_letter_cmd::DeadLetterCmd,
+    },
+    /// Find what a device offers (OPC UA: browse variables into a device file).
+    Discover {
+        #[command(subcommand)]
+        command: discover_cmd::DiscoverCmd,
     },
     /// Inspect or adjust the frame bus (works while the gateway runs, except set-cursor).
     Wal {
@@ -198,6 +204,7 @@ fn main() -> ExitCode {
         Cmd::Wal { command } => wal_cmd::run(command),
         Cmd::DeadLetter { command } => dead_letter_cmd::run(command),
         Cmd::Db { command } => db_cmd::run(command),
+        Cmd::Discover { command } => discover_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -44,6 +44,12 @@
 //! | `gateway_mqtt_messages_published_total` | counter | sink (MQTT sink: messages handed to the broker connection) |
 //! | `gateway_mqtt_publish_acks_total` | counter | sink (PUBACK received) |
 //! | `gateway_mqtt_inflight_messages` | gauge | sink (published, not yet confirmed) |
+//! | `gateway_opcua_session_up` | gauge | device (OPC UA: 1 while the session and its subscriptions exist) |
+//! | `gateway_opcua_session_attempts_total` | counter | device, result = ok, failed (each session attempt; more than one `ok` means reconnects) |
+//! | `gateway_opcua_subscriptions`, `gateway_opcua_monitored_items` | gauge | device (created on the server in the current session; 0 without one) |
+//! | `gateway_opcua_notifications_total` | counter | device (data change notifications received) |
+//! | `gateway_opcua_bad_values_total` | counter | device (values with a Bad status, refused monitored items included) |
+//! | `gateway_opcua_read_duration_seconds` | histogram | device (one Read request of poll mode) |
 //! | `gateway_build_info` | info | version |
 
 use std::sync::Arc;
@@ -155,6 +161,13 @@ pub struct Metrics {
     pub mqtt_published: Family<SinkLabel, Counter>,
     pub mqtt_publish_acks: Family<SinkLabel, Counter>,
     pub mqtt_inflight: Family<SinkLabel, Gauge>,
+    pub opcua_session_up: Family<DeviceLabel, Gauge>,
+    pub opcua_session_attempts: Family<DeviceResultLabels, Counter>,
+    pub opcua_subscriptions: Family<DeviceLabel, Gauge>,
+    pub opcua_monitored_items: Family<DeviceLabel, Gauge>,
+    pub opcua_notifications: Family<DeviceLabel, Counter>,
+    pub opcua_bad_values: Family<DeviceLabel, Counter>,
+    pub opcua_read_duration: HistogramFamily<DeviceLabel>,
 }
 
 impl Metrics {
@@ -190,6 +203,13 @@ impl Metrics {
         let mqtt_published = Family::<SinkLabel, Counter>::default();
         let mqtt_publish_acks = Family::<SinkLabel, Counter>::default();
         let mqtt_inflight = Family::<SinkLabel, Gauge>::default();
+        let opcua_session_up = Family::<DeviceLabel, Gauge>::default();
+        let opcua_session_attempts = Family::<DeviceResultLabels, Counter>::default();
+        let opcua_subscriptions = Family::<DeviceLabel, Gauge>::default();
+        let opcua_monitored_items = Family::<DeviceLabel, Gauge>::default();
+        let opcua_notifications = Family::<DeviceLabel, Counter>::default();
+        let opcua_bad_values = Family::<DeviceLabel, Counter>::default();
+        let opcua_read_duration: HistogramFamily<DeviceLabel> = Family::new_with_constructor(poll_histogram);
         for level in ["INFO", "WARNING", "CRITICAL", "FATAL"] {
             let l = LevelLabel { level: level.into() };
             let _ = alerts_active.get_or_create(&l);
@@ -226,6 +246,41 @@ impl Metrics {
             "mqtt_inflight_messages",
             "MQTT sink: messages published and not yet confirmed",
             mqtt_inflight.clone(),
+        );
+        r.register(
+            "opcua_session_up",
+            "OPC UA driver: 1 while the session and all its subscriptions exist",
+            opcua_session_up.clone(),
+        );
+        r.register(
+            "opcua_session_attempts",
+            "OPC UA driver: session attempts by result (ok, failed)",
+            opcua_session_attempts.clone(),
+        );
+        r.register(
+            "opcua_subscriptions",
+            "OPC UA driver: subscriptions created in the current session",
+            opcua_subscriptions.clone(),
+        );
+        r.register(
+            "opcua_monitored_items",
+            "OPC UA driver: monitored items the server accepted in the current session",
+            opcua_monitored_items.clone(),
+        );
+        r.register(
+            "opcua_notifications",
+            "OPC UA driver: data change notifications received",
+            opcua_notifications.clone(),
+        );
+        r.register(
+            "opcua_bad_values",
+            "OPC UA driver: values with a Bad status code (refused monitored items included)",
+            opcua_bad_values.clone(),
+        );
+        r.register(
+            "opcua_read_duration_seconds",
+            "OPC UA driver: round trip of one Read request (poll mode)",
+            opcua_read_duration.clone(),
         );
         r.register(
             "alert_evaluations",
@@ -384,6 +439,13 @@ impl Metrics {
             mqtt_published,
             mqtt_publish_acks,
             mqtt_inflight,
+            opcua_session_up,
+            opcua_session_attempts,
+            opcua_subscriptions,
+            opcua_monitored_items,
+            opcua_notifications,
+            opcua_bad_values,
+            opcua_read_duration,
         })
     }
 

@@ -9,7 +9,7 @@ use drivers::{DriverHost, HostError, PollReport};
 use frame_bus::FrameBus;
 use proto::{DataFrame, EventFrame, FrameType, Message};
 
-use crate::metrics::{DeviceErrorLabels, DeviceLabel, Metrics};
+use crate::metrics::{DeviceErrorLabels, DeviceLabel, DeviceResultLabels, Metrics};
 use crate::status::{lock, DeviceState, DeviceStatus, TagValue};
 
 #[derive(Clone)]
@@ -140,6 +140,48 @@ impl DriverHost for BusHost {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    fn connection_failed(&self, reason: &str) {
+        self.metrics.device_up.get_or_create(&self.label).set(0);
+        let mut st = lock(&self.state);
+        st.status = DeviceStatus::Error;
+        st.last_error = Some(reason.to_string());
+    }
+
+    fn opcua(&self, stat: drivers::OpcuaStat) {
+        use drivers::OpcuaStat as S;
+        let m = &self.metrics;
+        let l = &self.label;
+        match stat {
+            S::SessionUp(up) => {
+                m.opcua_session_up.get_or_create(l).set(i64::from(up));
+            }
+            S::SessionAttempt { ok } => {
+                m.opcua_session_attempts
+                    .get_or_create(&DeviceResultLabels {
+                        device: l.device.clone(),
+                        result: if ok { "ok" } else { "failed" }.to_string(),
+                    })
+                    .inc();
+            }
+            S::Items {
+                subscriptions,
+                monitored_items,
+            } => {
+                m.opcua_subscriptions.get_or_create(l).set(subscriptions as i64);
+                m.opcua_monitored_items
+                    .get_or_create(l)
+                    .set(monitored_items as i64);
+            }
+            S::Notifications(n) => {
+                m.opcua_notifications.get_or_create(l).inc_by(n);
+            }
+            S::BadValues(n) => {
+                m.opcua_bad_values.get_or_create(l).inc_by(n);
+            }
+            S::ReadLatency(d) => m.opcua_read_duration.get_or_create(l).observe(d.as_secs_f64()),
+        }
     }
 
     fn connection_changed(&self, up: bool) {

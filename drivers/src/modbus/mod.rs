@@ -91,7 +91,7 @@ pub fn transport(device: &DeviceConfig, opts: &ModbusDevice) -> Result<Transport
         Protocol::ModbusTcp => Transport::Tcp(device.endpoint.clone()),
         Protocol::ModbusRtuOverTcp => Transport::RtuOverTcp(device.endpoint.clone()),
         Protocol::ModbusRtu => Transport::Rtu(opts.serial().ok_or("modbus-rtu device without `port`")?),
-        Protocol::Simulator | Protocol::Mqtt => return Err("not a Modbus device".into()),
+        Protocol::Simulator | Protocol::Mqtt | Protocol::Opcua => return Err("not a Modbus device".into()),
     })
 }
 

@@ -69,6 +69,7 @@ pub fn protocol_kind(p: Protocol) -> &'static str {
         Protocol::ModbusRtu => "ModbusRtu",
         Protocol::ModbusRtuOverTcp => "ModbusRtuOverTcp",
         Protocol::Mqtt => "Mqtt",
+        Protocol::Opcua => "OpcUa",
     }
 }
 
@@ -110,6 +111,7 @@ fn connection_type(p: Protocol) -> &'static str {
         Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp => "tcp",
         Protocol::ModbusRtu => "serial",
         Protocol::Mqtt => "mqtt",
+        Protocol::Opcua => "opc.tcp",
     }
 }
 
@@ -149,6 +151,19 @@ fn driver_json(d: &DeviceConfig) -> serde_json::Value {
             "tls": m.ca_file.is_some() || d.endpoint.starts_with("mqtts://") || d.endpoint.starts_with("ssl://"),
             "max_payload": m.max_payload,
             "no_message_timeout_ms": m.no_message_timeout.map(|t| t.as_millis() as u64),
+        }),
+        // No credentials, no key paths' contents.
+        DriverOptions::Opcua(o) => json!({
+            "security_policy": o.security_policy.as_str(),
+            "security_mode": o.mode_of_security().as_str(),
+            "username": o.username,
+            "identity": if o.username.is_some() { "username" } else if o.user_cert_file.is_some() { "certificate" } else { "anonymous" },
+            "mode": format!("{:?}", o.mode).to_lowercase(),
+            "queue_size": o.queue_size,
+            "max_nodes_per_read": o.max_nodes_per_read,
+            "session_timeout_ms": o.session_timeout.as_millis() as u64,
+            "keep_alive_interval_ms": o.keep_alive_interval.as_millis() as u64,
+            "trust_server_certs": o.trust_server_certs,
         }),
     };
     json!({
@@ -192,6 +207,12 @@ const DRIVERS: &[(Protocol, &str, &str, &[&str])] = &[
         "mqtt",
         "MQTT 3.1.1/5 subscriptions (JSON, plain, raw payloads), acknowledged after the WAL",
         &["subscribe", "tls"],
+    ),
+    (
+        Protocol::Opcua,
+        "opcua",
+        "OPC UA client: subscriptions and batched reads, security policies, re-created sessions",
+        &["read", "write", "subscribe", "batch-read", "browse", "security"],
     ),
 ];
 

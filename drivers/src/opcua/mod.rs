@@ -1,0 +1,803 @@
+//! `protocol = "opcua"`: an OPC UA client per device (async-opcua).
+//!
+//! # Session lifecycle
+//! One task per device: connect (one session attempt: GetEndpoints,
+//! secure channel, CreateSession, ActivateSession — [`client::connect`]),
+//! then create **every** subscription and monitored item from the config
+//! ([`plan`]), run until the connection is lost, and start over after the
+//! device's retry policy (`retry_interval` doubling to
+//! `max_retry_interval`). Attempts are sequential and paced, so a server
+//! that restarts sees one new session, not a flood; a device whose server
+//! is unreachable waits in its own task and never delays another device.
+//!
+//! - A subscription the server refuses, or a CreateMonitoredItems request
+//!   that fails as a whole, fails the session (it is closed and retried):
+//!   the driver never runs with part of its subscriptions silently
+//!   missing. A single monitored item the server refuses (unknown node,
+//!   filter not allowed) gives that tag one BAD sample with the status
+//!   code, is counted and logged, and is tried again on the next session.
+//! - Keep-alive: a Read of the server state every `keep_alive_interval`
+//!   keeps the session alive whatever the scan rates (the session timeout
+//!   must be at least twice that, checked at load); two unanswered in a
+//!   row close the connection. Subscriptions ask the server for a
+//!   keep-alive at least every `keep_alive_interval` too.
+//! - Status: `Online` once the session and its subscriptions exist;
+//!   `Offline` when it is lost or the server cannot be reached; `Error`
+//!   when the server refuses the gateway's security or identity
+//!   (certificate not trusted, wrong password, no matching endpoint),
+//!   which retrying alone will not fix — the driver still retries, with
+//!   backoff, so fixing the trust list or the server heals it. Each change
+//!   is one `DEVICE_STATUS_CHANGED` event; losing the session also
+//!   publishes one BAD sample (`BadNotConnected` or the loss code) per tag.
+//!
+//! # Data
+//! Subscription mode: each notification message of a subscription becomes
+//! one `DataFrame`. Poll mode: each scan of a poll group reads its nodes
+//! with Read requests of at most `max_nodes_per_read` nodes and publishes
+//! one frame. Values, status codes and timestamps are mapped by [`value`].
+//! Notifications are acknowledged to the server by the library when they
+//! arrive, before they reach the bus: a crash in between loses them, and
+//! the next session's first notification of each item is its current value.
+//!
+//! # Writes
+//! `ReadWrite`/`Write` tags take commands: a Write service call with a
+//! value of the tag's `data_type` (inverse scaling applied); a Bad status
+//! is answered as `exception` with the status code.
+
+pub mod client;
+pub mod discover;
+pub mod plan;
+pub mod value;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use config::{Access, DeadbandType, DeviceConfig, DriverOptions, OpcuaDevice};
+use opcua::client::{MonitoredItemMap, OnSubscriptionNotificationCore};
+use opcua::types::{
+    AttributeId, DataChangeFilter, DataChangeNotification, DataChangeTrigger, DataValue, ExtensionObject,
+    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, NotificationMessage,
+    NumericRange, QualifiedName, ReadValueId, StatusChangeNotification, StatusCode, TimestampsToReturn,
+    WriteValue,
+};
+use proto::Sample;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::pipeline::Pipeline;
+use crate::sample::{self, Deadband};
+use crate::status::{link_event, LinkStatus};
+use crate::write::{WriteQueue, WriteRequest, WriteResult, WriteStatus};
+use crate::{DriverError, DriverHost, ErrorKind, OpcuaStat, PollError, PollReport};
+use client::Connection;
+use plan::{Group, Item, Plan};
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// What the subscriptions' callbacks hand to the driver task.
+enum Notice {
+    Data(Vec<(u32, DataValue)>),
+    /// The server ended a subscription (e.g. `BadTimeout`).
+    Status(StatusCode),
+}
+
+/// The callback of one subscription: whole notification messages, so one
+/// message becomes one frame.
+struct Notifier {
+    tx: mpsc::UnboundedSender<Notice>,
+}
+
+impl OnSubscriptionNotificationCore for Notifier {
+    fn on_subscription_notification(&mut self, n: NotificationMessage, _items: MonitoredItemMap<'_>) {
+        let mut values = Vec::new();
+        for obj in n.notification_data.into_iter().flatten() {
+            if obj.inner_is::<DataChangeNotification>() {
+                if let Some(dc) = obj.into_inner_as::<DataChangeNotification>() {
+                    values.extend(
+                        dc.monitored_items
+                            .into_iter()
+                            .flatten()
+                            .map(|m| (m.client_handle, m.value)),
+                    );
+                }
+            } else if obj.inner_is::<StatusChangeNotification>() {
+                if let Some(sc) = obj.into_inner_as::<StatusChangeNotification>() {
+                    let _ = self.tx.send(Notice::Status(sc.status));
+                }
+            }
+        }
+        if !values.is_empty() {
+            let _ = self.tx.send(Notice::Data(values));
+        }
+    }
+}
+
+/// How a session ended.
+enum End {
+    Shutdown,
+    /// The connection or the session is gone (the status code says why).
+    Lost(StatusCode, String),
+}
+
+struct Driver<H: DriverHost> {
+    device: Arc<DeviceConfig>,
+    opts: OpcuaDevice,
+    plan: Plan,
+    host: Arc<H>,
+    /// Per tag index: its item (array mode) when it is read.
+    items: HashMap<u32, Item>,
+    deadbands: Vec<Deadband>,
+    status: Option<LinkStatus>,
+}
+
+/// Runs one OPC UA device until shutdown.
+pub async fn run<H: DriverHost>(
+    device: Arc<DeviceConfig>,
+    host: H,
+    mut shutdown: watch::Receiver<bool>,
+    writes: WriteQueue,
+) -> Result<(), DriverError> {
+    let fail = |message: String| DriverError::Device {
+        device: device.name.clone(),
+        message,
+    };
+    let DriverOptions::Opcua(opts) = &device.driver else {
+        return Err(fail("not an OPC UA device".into()));
+    };
+    let opts: OpcuaDevice = (**opts).clone();
+    let plan = Plan::new(&device, &opts).map_err(fail)?;
+    if opts.trust_server_certs {
+        tracing::warn!(
+            device = device.name,
+            "trust_server_certs = true: any server certificate is accepted (and an impostor too)"
+        );
+    }
+    let client = client::build(&device.name, device.timeout, &opts).map_err(fail)?;
+    let identity = client::identity(&opts).map_err(fail)?;
+    let host = Arc::new(host);
+    let items = plan
+        .subscriptions
+        .iter()
+        .chain(&plan.polls)
+        .flat_map(|g| &g.items)
+        .map(|i| (i.tag as u32 + 1, i.clone()))
+        .collect();
+    let mut d = Driver {
+        deadbands: vec![Deadband::default(); device.tags.len()],
+        device: device.clone(),
+        opts,
+        plan,
+        host: host.clone(),
+        items,
+        status: None,
+    };
+    let mut writes = writes.lock_owned().await;
+    let mut pipeline = Pipeline::new(host);
+    let mut failures = 0u32;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let attempt = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            r = client::connect(&client, &d.device.endpoint, d.device.timeout, &d.opts, identity.clone()) => r,
+        };
+        let reason = match attempt {
+            Ok(conn) => {
+                d.host.opcua(OpcuaStat::SessionAttempt { ok: true });
+                match d.session(conn, &mut pipeline, &mut shutdown, &mut writes).await? {
+                    End::Shutdown => break,
+                    End::Lost(code, why) => {
+                        failures = 0;
+                        d.lost(code, &why, &mut pipeline).await?;
+                        why
+                    }
+                }
+            }
+            Err(e) => {
+                d.host.opcua(OpcuaStat::SessionAttempt { ok: false });
+                failures = failures.saturating_add(1);
+                let status = if e.is_configuration() {
+                    LinkStatus::Error
+                } else {
+                    LinkStatus::Offline
+                };
+                if d.status != Some(status) {
+                    tracing::warn!(device = d.device.name, error = %e, "OPC UA session failed");
+                } else {
+                    tracing::debug!(device = d.device.name, error = %e, "OPC UA session failed again");
+                }
+                d.set_status(status, &e.to_string(), &mut pipeline).await?;
+                e.to_string()
+            }
+        };
+        // Paced retries: one attempt at a time, `retry_interval` doubling
+        // to `max_retry_interval`. Writes are answered meanwhile.
+        let delay = d.device.retry.delay(failures.max(1));
+        tracing::debug!(
+            device = d.device.name,
+            ?delay,
+            reason,
+            "next OPC UA session attempt"
+        );
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                w = writes.recv() => match w {
+                    Some(w) => {
+                        let _ = w.reply.send(WriteResult::failed(
+                            WriteStatus::Connection,
+                            value::code(StatusCode::BadNotConnected),
+                            format!("no session with {}", d.device.endpoint),
+                        ));
+                    }
+                    None => tokio::time::sleep_until(until).await,
+                },
+                _ = tokio::time::sleep_until(until) => break,
+            }
+        }
+    }
+    pipeline.finish().await
+}
+
+impl<H: DriverHost> Driver<H> {
+    async fn set_status(
+        &mut self,
+        s: LinkStatus,
+        reason: &str,
+        pipeline: &mut Pipeline,
+    ) -> Result<(), DriverError> {
+        if self.status == Some(s) {
+            return Ok(());
+        }
+        self.status = Some(s);
+        match s {
+            LinkStatus::Online => self.host.connection_changed(true),
+            LinkStatus::Offline => self.host.connection_changed(false),
+            LinkStatus::Error => self.host.connection_failed(reason),
+        }
+        self.host.opcua(OpcuaStat::SessionUp(s == LinkStatus::Online));
+        tracing::info!(
+            device = self.device.name,
+            status = s.as_str(),
+            reason,
+            "device status changed"
+        );
+        pipeline
+            .send_event(link_event(&self.device.name, s, reason, now_ns()))
+            .await
+    }
+
+    /// After a lost session: Offline, and one BAD sample per read tag.
+    async fn lost(
+        &mut self,
+        code: StatusCode,
+        why: &str,
+        pipeline: &mut Pipeline,
+    ) -> Result<(), DriverError> {
+        self.host.opcua(OpcuaStat::Items {
+            subscriptions: 0,
+            monitored_items: 0,
+        });
+        let code = if code.is_bad() {
+            code
+        } else {
+            StatusCode::BadNotConnected
+        };
+        let ts = now_ns();
+        let mut samples = Vec::new();
+        for h in self.items.keys() {
+            if let Some(tag) = self.device.tags.get(*h as usize - 1) {
+                samples.push(sample::failed(tag, value::code(code), ts));
+            }
+        }
+        samples.sort_by(|a, b| a.tag.cmp(&b.tag));
+        self.set_status(LinkStatus::Offline, why, pipeline).await?;
+        let report = PollReport {
+            errors: vec![PollError {
+                kind: ErrorKind::Connection,
+                code: value::code(code),
+            }],
+            ..PollReport::default()
+        };
+        pipeline
+            .finish_poll(self.host.as_ref(), &self.device.name, samples, report)
+            .await
+    }
+
+    /// Runs one session: subscriptions, polls and writes until it ends.
+    async fn session(
+        &mut self,
+        mut conn: Connection,
+        pipeline: &mut Pipeline,
+        shutdown: &mut watch::Receiver<bool>,
+        writes: &mut tokio::sync::OwnedMutexGuard<mpsc::Receiver<WriteRequest>>,
+    ) -> Result<End, DriverError> {
+        let session = conn.session.clone();
+        let timeout = self.device.timeout;
+        // `nsu=` addresses: this session's namespace indexes.
+        let mut namespaces: HashMap<String, u16> = HashMap::new();
+        for uri in self.plan.namespace_uris() {
+            match tokio::time::timeout(timeout, session.get_namespace_index(&uri)).await {
+                Ok(Ok(i)) => {
+                    namespaces.insert(uri, i);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(device = self.device.name, uri, error = %e, "namespace not on the server")
+                }
+                Err(_) => {
+                    conn.close(timeout).await;
+                    return Ok(End::Lost(
+                        StatusCode::BadTimeout,
+                        "namespace array read timed out".into(),
+                    ));
+                }
+            }
+        }
+        let resolve = |u: &str| namespaces.get(u).copied();
+        let node = |i: &Item| plan::node_id(&i.address, resolve);
+        let (tx, mut notices) = mpsc::unbounded_channel::<Notice>();
+        let mut refused: Vec<Sample> = Vec::new();
+        let ts = now_ns();
+        let mut monitored = 0usize;
+        let subscriptions = self.plan.subscriptions.clone();
+        for g in &subscriptions {
+            match self
+                .subscribe(&session, g, &node, tx.clone(), &mut refused, ts)
+                .await
+            {
+                Ok(n) => monitored += n,
+                Err((code, why)) => {
+                    conn.close(timeout).await;
+                    return Ok(End::Lost(code, why));
+                }
+            }
+        }
+        drop(tx);
+        self.host.opcua(OpcuaStat::Items {
+            subscriptions: subscriptions.len(),
+            monitored_items: monitored,
+        });
+        self.set_status(LinkStatus::Online, "", pipeline).await?;
+        if !refused.is_empty() {
+            self.host.opcua(OpcuaStat::BadValues(refused.len() as u64));
+            let report = PollReport::default();
+            pipeline
+                .finish_poll(self.host.as_ref(), &self.device.name, refused, report)
+                .await?;
+        }
+        // Poll groups: next deadline = previous + period (no drift).
+        let polls = self.plan.polls.clone();
+        let start = Instant::now();
+        let mut next: Vec<Instant> = vec![start; polls.len()];
+        let mut writes_open = true;
+        loop {
+            let due = (0..polls.len()).min_by_key(|&i| next[i]);
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    conn.close(timeout).await;
+                    return Ok(End::Shutdown);
+                }
+                code = conn.lost.recv() => {
+                    let code = code.unwrap_or(StatusCode::BadConnectionClosed);
+                    return Ok(End::Lost(code, format!("connection lost: {code}")));
+                }
+                n = notices.recv() => match n {
+                    Some(Notice::Data(values)) => self.notification(values, pipeline).await?,
+                    Some(Notice::Status(code)) => {
+                        // The server dropped a subscription: start over, so
+                        // every subscription exists again.
+                        conn.close(timeout).await;
+                        return Ok(End::Lost(code, format!("the server ended a subscription: {code}")));
+                    }
+                    None => std::future::pending::<()>().await,
+                },
+                w = writes.recv(), if writes_open => match w {
+                    Some(w) => {
+                        let r = self.write(&session, &w, &resolve).await;
+                        let _ = w.reply.send(r);
+                    }
+                    None => writes_open = false,
+                },
+                _ = sleep_until(due.map(|i| next[i])) => {
+                    let Some(i) = due else { continue };
+                    let skipped = reschedule(&mut next[i], polls[i].interval);
+                    if let Err((code, why)) = self.poll(&session, &polls[i], &node, skipped, pipeline).await? {
+                        conn.close(timeout).await;
+                        return Ok(End::Lost(code, why));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates the subscription of `g` and its monitored items; returns how
+    /// many items the server accepted. Refused items add a BAD sample to
+    /// `refused`. A failed service call fails the session.
+    async fn subscribe(
+        &mut self,
+        session: &opcua::client::Session,
+        g: &Group,
+        node: &impl Fn(&Item) -> Option<NodeId>,
+        tx: mpsc::UnboundedSender<Notice>,
+        refused: &mut Vec<Sample>,
+        ts: u64,
+    ) -> Result<usize, (StatusCode, String)> {
+        let p = g.interval.max(Duration::from_millis(1));
+        let ka = self.opts.keep_alive_interval;
+        // The server sends a keep-alive at least every keep_alive_interval,
+        // and keeps the subscription for at least 3 of them, or the
+        // session timeout, whichever is longer.
+        let ka_count = u32::try_from(ka.as_millis().div_ceil(p.as_millis()).max(1)).unwrap_or(u32::MAX);
+        let life = u32::try_from(self.opts.session_timeout.as_millis().div_ceil(p.as_millis()))
+            .unwrap_or(u32::MAX)
+            .max(ka_count.saturating_mul(3));
+        let id = tokio::time::timeout(
+            self.device.timeout,
+            session.create_subscription(p, life, ka_count, 0, 0, true, Notifier { tx }),
+        )
+        .await
+        .map_err(|_| (StatusCode::BadTimeout, "CreateSubscription timed out".to_string()))?
+        .map_err(|e| (e.status(), format!("CreateSubscription ({p:?}) failed: {e}")))?;
+        let mut accepted = 0;
+        for chunk in g.items.chunks(self.opts.max_items_per_request.max(1) as usize) {
+            let mut requests = Vec::with_capacity(chunk.len());
+            let mut sent = Vec::with_capacity(chunk.len());
+            for it in chunk {
+                let Some(tag) = self.device.tags.get(it.tag) else {
+                    continue;
+                };
+                let Some(node_id) = node(it) else {
+                    tracing::warn!(
+                        device = self.device.name,
+                        tag = tag.name,
+                        "namespace URI unknown to the server"
+                    );
+                    refused.push(sample::failed(tag, value::code(StatusCode::BadNodeIdUnknown), ts));
+                    continue;
+                };
+                let filter = match it.deadband {
+                    (DeadbandType::None, _) => ExtensionObject::null(),
+                    (kind, v) => ExtensionObject::from_message(DataChangeFilter {
+                        trigger: DataChangeTrigger::StatusValue,
+                        deadband_type: if kind == DeadbandType::Absolute { 1 } else { 2 },
+                        deadband_value: v,
+                    }),
+                };
+                requests.push(MonitoredItemCreateRequest {
+                    item_to_monitor: read_value_id(node_id),
+                    monitoring_mode: MonitoringMode::Reporting,
+                    requested_parameters: MonitoringParameters {
+                        client_handle: it.tag as u32 + 1,
+                        sampling_interval: it.sampling_interval.as_secs_f64() * 1000.0,
+                        filter,
+                        queue_size: it.queue_size,
+                        discard_oldest: it.discard_oldest,
+                    },
+                });
+                sent.push(it.tag);
+            }
+            if requests.is_empty() {
+                continue;
+            }
+            let results = tokio::time::timeout(
+                self.device.timeout,
+                session.create_monitored_items(id, TimestampsToReturn::Both, requests),
+            )
+            .await
+            .map_err(|_| {
+                (
+                    StatusCode::BadTimeout,
+                    "CreateMonitoredItems timed out".to_string(),
+                )
+            })?
+            .map_err(|e| (e.status(), format!("CreateMonitoredItems failed: {e}")))?;
+            if results.len() != sent.len() {
+                return Err((
+                    StatusCode::BadUnexpectedError,
+                    format!(
+                        "CreateMonitoredItems answered {} results for {} items",
+                        results.len(),
+                        sent.len()
+                    ),
+                ));
+            }
+            for (t, r) in sent.iter().zip(&results) {
+                let code = r.result.status_code;
+                if code.is_bad() {
+                    if let Some(tag) = self.device.tags.get(*t) {
+                        tracing::warn!(device = self.device.name, tag = tag.name, address = tag.address, %code, "monitored item refused");
+                        refused.push(sample::failed(tag, value::code(code), ts));
+                    }
+                } else {
+                    accepted += 1;
+                }
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// One notification message → one frame.
+    async fn notification(
+        &mut self,
+        values: Vec<(u32, DataValue)>,
+        pipeline: &mut Pipeline,
+    ) -> Result<(), DriverError> {
+        let t0 = std::time::Instant::now();
+        let now = now_ns();
+        self.host.opcua(OpcuaStat::Notifications(values.len() as u64));
+        let mut samples = Vec::with_capacity(values.len());
+        let mut suppressed = 0;
+        let mut bad = 0u64;
+        for (handle, dv) in values {
+            let (Some(item), Some(tag)) = (
+                self.items.get(&handle),
+                self.device.tags.get((handle as usize).wrapping_sub(1)),
+            ) else {
+                continue;
+            };
+            if dv.status.is_some_and(|s| s.is_bad()) {
+                bad += 1;
+            }
+            let ts = value::timestamp(&dv, self.opts.timestamp, now);
+            for s in value::samples(tag, dv, item.array_mode, ts) {
+                let admit = self
+                    .deadbands
+                    .get_mut(item.tag)
+                    .is_none_or(|db| s.tag != tag.name || db.admit(tag, &s));
+                if admit {
+                    samples.push(s);
+                } else {
+                    suppressed += 1;
+                }
+            }
+        }
+        if bad > 0 {
+            self.host.opcua(OpcuaStat::BadValues(bad));
+        }
+        let report = PollReport {
+            duration: t0.elapsed(),
+            suppressed,
+            ..PollReport::default()
+        };
+        pipeline
+            .finish_poll(self.host.as_ref(), &self.device.name, samples, report)
+            .await
+    }
+
+    /// One scan of a poll group: Read requests of at most
+    /// `max_nodes_per_read` nodes, one frame. `Err` ends the session.
+    async fn poll(
+        &mut self,
+        session: &opcua::client::Session,
+        g: &Group,
+        node: &impl Fn(&Item) -> Option<NodeId>,
+        skipped_ticks: u32,
+        pipeline: &mut Pipeline,
+    ) -> Result<Result<(), (StatusCode, String)>, DriverError> {
+        let t0 = Instant::now();
+        let mut samples = Vec::with_capacity(g.items.len());
+        let mut errors = Vec::new();
+        let mut requests = 0u32;
+        let mut suppressed = 0u32;
+        let mut bad = 0u64;
+        let mut end = None;
+        for chunk in g.items.chunks(self.opts.max_nodes_per_read.max(1) as usize) {
+            let mut ids = Vec::with_capacity(chunk.len());
+            let mut read = Vec::with_capacity(chunk.len());
+            for it in chunk {
+                match node(it) {
+                    Some(n) => {
+                        ids.push(read_value_id(n));
+                        read.push(it);
+                    }
+                    None => {
+                        if let Some(tag) = self.device.tags.get(it.tag) {
+                            samples.push(sample::failed(
+                                tag,
+                                value::code(StatusCode::BadNodeIdUnknown),
+                                now_ns(),
+                            ));
+                        }
+                    }
+                }
+            }
+            if ids.is_empty() {
+                continue;
+            }
+            requests += 1;
+            let started = std::time::Instant::now();
+            let r = tokio::time::timeout(
+                self.device.timeout,
+                session.read(&ids, TimestampsToReturn::Both, 0.0),
+            )
+            .await;
+            self.host.opcua(OpcuaStat::ReadLatency(started.elapsed()));
+            let now = now_ns();
+            let values = match r {
+                Ok(Ok(v)) if v.len() == ids.len() => Ok(v),
+                Ok(Ok(v)) => Err((
+                    StatusCode::BadUnexpectedError,
+                    ErrorKind::Protocol,
+                    format!("Read answered {} values for {} nodes", v.len(), ids.len()),
+                )),
+                Ok(Err(e)) => Err((e.status(), ErrorKind::Connection, format!("Read failed: {e}"))),
+                Err(_) => Err((
+                    StatusCode::BadTimeout,
+                    ErrorKind::Timeout,
+                    "Read timed out".to_string(),
+                )),
+            };
+            match values {
+                Ok(values) => {
+                    for (it, dv) in read.iter().zip(values) {
+                        let Some(tag) = self.device.tags.get(it.tag) else {
+                            continue;
+                        };
+                        if dv.status.is_some_and(|s| s.is_bad()) {
+                            bad += 1;
+                        }
+                        let ts = value::timestamp(&dv, self.opts.timestamp, now);
+                        for s in value::samples(tag, dv, it.array_mode, ts) {
+                            let admit = self
+                                .deadbands
+                                .get_mut(it.tag)
+                                .is_none_or(|db| s.tag != tag.name || db.admit(tag, &s));
+                            if admit {
+                                samples.push(s);
+                            } else {
+                                suppressed += 1;
+                            }
+                        }
+                    }
+                }
+                Err((code, kind, why)) => {
+                    errors.push(PollError {
+                        kind,
+                        code: value::code(code),
+                    });
+                    for it in &read {
+                        if let Some(tag) = self.device.tags.get(it.tag) {
+                            samples.push(sample::failed(tag, value::code(code), now));
+                        }
+                    }
+                    // A session the server no longer knows, or a dead
+                    // connection, is replaced; anything else is this scan's.
+                    let name = code.sub_code().name();
+                    if name.contains("Session")
+                        || name.contains("Connection")
+                        || name.contains("NotConnected")
+                    {
+                        end = Some((code, why));
+                        break;
+                    }
+                }
+            }
+        }
+        if bad > 0 {
+            self.host.opcua(OpcuaStat::BadValues(bad));
+        }
+        let report = PollReport {
+            duration: t0.elapsed(),
+            requests,
+            suppressed,
+            skipped_ticks,
+            errors,
+            ..PollReport::default()
+        };
+        pipeline
+            .finish_poll(self.host.as_ref(), &self.device.name, samples, report)
+            .await?;
+        Ok(end.map_or(Ok(()), Err))
+    }
+
+    async fn write(
+        &self,
+        session: &opcua::client::Session,
+        w: &WriteRequest,
+        resolve: &impl Fn(&str) -> Option<u16>,
+    ) -> WriteResult {
+        let rejected = |m: String| WriteResult::failed(WriteStatus::Rejected, 0, m);
+        let Some(tag) = self.device.tag(&w.tag) else {
+            return rejected(format!("device {:?} has no tag {:?}", self.device.name, w.tag));
+        };
+        if tag.access == Access::Read {
+            return rejected(format!("tag {:?} is read-only (access = \"Read\")", tag.name));
+        }
+        if !tag.enabled {
+            return rejected(format!("tag {:?} is disabled", tag.name));
+        }
+        if let Some(v) = sample::numeric(&w.value) {
+            if tag.min_value.is_some_and(|lo| v < lo) || tag.max_value.is_some_and(|hi| v > hi) {
+                return rejected(format!("{v} is outside the tag's range"));
+            }
+        }
+        let address = match config::NodeAddress::parse(&tag.address) {
+            Ok(a) => a,
+            Err(m) => return rejected(m),
+        };
+        let Some(node_id) = plan::node_id(&address, resolve) else {
+            return WriteResult::failed(
+                WriteStatus::Exception,
+                value::code(StatusCode::BadNodeIdUnknown),
+                "namespace URI unknown to the server",
+            );
+        };
+        let variant = match value::variant_for_write(tag, &w.value) {
+            Ok(v) => v,
+            Err(m) => return rejected(m),
+        };
+        let wv = WriteValue {
+            node_id,
+            attribute_id: AttributeId::Value as u32,
+            index_range: NumericRange::None,
+            // Value only: many servers refuse written timestamps.
+            value: DataValue {
+                value: Some(variant),
+                ..DataValue::default()
+            },
+        };
+        match tokio::time::timeout(self.device.timeout, session.write(&[wv])).await {
+            Err(_) => WriteResult::failed(
+                WriteStatus::Timeout,
+                value::code(StatusCode::BadTimeout),
+                "no answer to Write within the device timeout",
+            ),
+            Ok(Err(e)) => {
+                WriteResult::failed(WriteStatus::Connection, value::code(e.status()), e.to_string())
+            }
+            Ok(Ok(codes)) => match codes.first() {
+                Some(c) if c.is_good() => WriteResult::ok(),
+                Some(c) => WriteResult::failed(
+                    WriteStatus::Exception,
+                    value::code(*c),
+                    format!("the server refused the write: {c}"),
+                ),
+                None => WriteResult::failed(
+                    WriteStatus::Protocol,
+                    value::code(StatusCode::BadUnexpectedError),
+                    "Write answered no result",
+                ),
+            },
+        }
+    }
+}
+
+fn read_value_id(node_id: NodeId) -> ReadValueId {
+    ReadValueId {
+        node_id,
+        attribute_id: AttributeId::Value as u32,
+        index_range: NumericRange::None,
+        data_encoding: QualifiedName::null(),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Next deadline = previous + period; ticks already past are skipped and
+/// returned (to be reported).
+fn reschedule(next: &mut Instant, period: Duration) -> u32 {
+    let now = Instant::now();
+    *next += period;
+    if *next > now {
+        return 0;
+    }
+    let behind = now.duration_since(*next).as_nanos() / period.as_nanos().max(1);
+    let skipped = u32::try_from(behind + 1).unwrap_or(u32::MAX);
+    *next += period.saturating_mul(skipped);
+    skipped
+}

@@ -1,0 +1,482 @@
+#!/usr/bin/env python3
+"""OPC-UA peer server for the gateway's integration tests (asyncua 1.1.8).
+
+A small, deterministic OPC-UA server built on asyncua 1.1.8 (pinned: this
+script hooks asyncua internals that change between releases).
+
+Usage
+-----
+::
+
+    opcua_server.py --port N --state FILE [--period 0.1]
+                    [--secure --pki-dir DIR] [--users user:pass[,user:pass]]
+                    [--no-anonymous] [--verbose]
+
+* ``--port N``       listen on 127.0.0.1:N only; the endpoint URL is
+                     ``opc.tcp://127.0.0.1:N/gateway-test/``.
+* ``--state FILE``   JSON state file, rewritten atomically (tmp + rename)
+                     whenever it changes (format below).
+* ``--period S``     update period of the dynamic values (default 0.1 s).
+* ``--secure``       besides None/None also offer Basic256Sha256 Sign and
+                     SignAndEncrypt, Aes128_Sha256_RsaOaep SignAndEncrypt and
+                     Aes256_Sha256_RsaPss SignAndEncrypt.  Needs --pki-dir.
+                     Every client certificate is accepted (no trust list).
+* ``--pki-dir DIR``  server certificate ``server_cert.der`` and key
+                     ``server_key.pem`` are created there on first start and
+                     reused later, so a restarted server keeps its certificate.
+                     Application URI ``urn:gateway-rust:test-server``, SAN
+                     IP 127.0.0.1 and DNS localhost.
+* ``--users LIST``   username/password identities that are accepted.
+* ``--no-anonymous`` refuse anonymous logins (needs --users).
+
+Output
+------
+stdout carries exactly one line, ``READY <port>``, once the server listens.
+Diagnostics go to stderr.  SIGTERM or SIGINT stop the server with exit code 0.
+
+State file::
+
+    {"sessions_created": N, "sessions_active": M,
+     "writes": [{"node": "ns=2;s=Control/Setpoint", "value": 12.5, "type": "Double"}, ...]}
+
+``sessions_created`` counts CreateSession requests that created a server
+session (whether or not the session is activated later: a login with a wrong
+password counts).  ``sessions_active`` is the number of those sessions not yet
+closed (CloseSession, connection loss or session timeout).  ``writes`` lists
+every successful client write of a Value attribute, in order.
+
+Address space
+-------------
+Namespace ``urn:gateway-rust:test`` is index 2; all variables live in the
+Objects folder "Test" and have string NodeIds ``ns=2;s=<id>`` unless noted:
+
+* fixed values, SourceTimestamp 2026-01-02T03:04:05.123456Z, ServerTimestamp
+  = time of the read: ``Types/<VariantType>`` (see FIXED below), numeric
+  ``ns=2;i=1001``, GUID ``ns=2;g=6f1a2b3c-...-000000000001``, opaque
+  ``ns=2;b=AQID``; ``Status/Bad`` (BadSensorFailure, value 0.0 is still sent)
+  and ``Status/Uncertain`` (UncertainLastUsableValue, 5.5);
+* dynamic, SourceTimestamp = update time: ``Dynamic/Counter`` (UInt32, 1, 2,
+  ... one step per period), ``Dynamic/Sine`` (Double, sin(t)),
+  ``Analog/Level`` (AnalogItemType, Double, EURange 0..200, counter % 200);
+* writable: ``Control/Setpoint`` Double 10.0, ``Control/Enable`` Boolean
+  false, ``Control/Mode`` Int16 1.
+
+Data-change filters: asyncua 1.1.8 compares a deadband with the previous
+*sample* and lets every change through for a percent deadband; this peer
+replaces that with the specified behaviour (compare with the last *reported*
+value; percent of the EURange, BadFilterNotAllowed without an EURange).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import ipaddress
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from asyncua import Server, ua
+from asyncua.common.instantiate_util import instantiate
+from asyncua.crypto import cert_gen
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.monitored_item_service import MonitoredItemService
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+VT = ua.VariantType
+NS_URI = "urn:gateway-rust:test"
+APP_URI = "urn:gateway-rust:test-server"
+FIXED_TS = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+
+# (identifier, value, variant type) of the fixed-value variables.
+FIXED = [
+    ("Types/Boolean", True, VT.Boolean),
+    ("Types/SByte", -12, VT.SByte),
+    ("Types/Byte", 200, VT.Byte),
+    ("Types/Int16", -30000, VT.Int16),
+    ("Types/UInt16", 60000, VT.UInt16),
+    ("Types/Int32", -2000000000, VT.Int32),
+    ("Types/UInt32", 4000000000, VT.UInt32),
+    ("Types/Int64", -9000000000000000000, VT.Int64),
+    ("Types/UInt64", 18000000000000000000, VT.UInt64),
+    ("Types/Float", 1.5, VT.Float),
+    ("Types/Double", 3.141592653589793, VT.Double),
+    ("Types/String", "héllo, wörld", VT.String),
+    ("Types/DateTime", datetime(2026, 11, 24, 8, 0, 0, 123000, tzinfo=timezone.utc), VT.DateTime),
+    ("Types/ByteString", b"\x00\x01\xfe\xff", VT.ByteString),
+    ("Types/DoubleArray", [1.5, -2.25, 3.0], VT.Double),
+    ("Types/Int32Array", [1, 2, 3, 4], VT.Int32),
+    ("Types/StringArray", ["a", "b"], VT.String),
+    (1001, 42.5, VT.Double),
+    (uuid.UUID("6f1a2b3c-0000-4000-8000-000000000001"), 7, VT.Int32),
+    (b"\x01\x02\x03", "opaque", VT.String),
+    ("Status/Bad", 0.0, VT.Double, ua.StatusCodes.BadSensorFailure),
+    ("Status/Uncertain", 5.5, VT.Double, ua.StatusCodes.UncertainLastUsableValue),
+]
+WRITABLE = [
+    ("Control/Setpoint", 10.0, VT.Double),
+    ("Control/Enable", False, VT.Boolean),
+    ("Control/Mode", 1, VT.Int16),
+]
+EU_RANGES: dict[ua.NodeId, tuple[float, float]] = {}  # nodes that allow a percent deadband
+
+
+def warn(message: str) -> None:
+    print(f"opcua_server: {message}", file=sys.stderr, flush=True)
+
+
+def node_id(ident, ns: int) -> ua.NodeId:
+    """A NodeId of the kind that matches the Python type of `ident`."""
+    kind = {
+        str: ua.NodeIdType.String,
+        int: ua.NodeIdType.Numeric,
+        uuid.UUID: ua.NodeIdType.Guid,
+        bytes: ua.NodeIdType.ByteString,
+    }[type(ident)]
+    return ua.NodeId(ident, ns, kind)
+
+
+# --------------------------------------------------------------------------
+# State file
+# --------------------------------------------------------------------------
+class State:
+    def __init__(self, path: str):
+        self.path = path
+        self.data = {"sessions_created": 0, "sessions_active": 0, "writes": []}
+        self.save()
+
+    def save(self) -> None:
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as file:
+            json.dump(self.data, file, ensure_ascii=False)
+        os.replace(tmp, self.path)
+
+
+def json_value(value):
+    """A JSON-friendly form of a written value."""
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+def hook_sessions(server: Server, state: State) -> None:
+    """Count sessions by wrapping InternalServer.create_session.
+
+    asyncua's UaProcessor calls ``iserver.create_session(name, external=True)``
+    for every CreateSession request, before it validates anything else, so
+    ``sessions_created`` counts every CreateSession request (a client that
+    then fails ActivateSession, e.g. with a wrong password, still counts).
+    The server's own internal session is built directly in InternalServer's
+    constructor and is not counted.  A session stops being active on its first
+    close_session() call: CloseSession, loss of the connection or the session
+    watchdog; asyncua calls it again when the connection closes after a
+    CloseSession, hence the set of live sessions.
+    """
+    iserver = server.iserver
+    original = iserver.create_session
+    live: set[int] = set()
+
+    def create_session(name, *args, external=False, **kwargs):
+        session = original(name, *args, external=external, **kwargs)
+        if not external:
+            return session
+        live.add(id(session))
+        state.data["sessions_created"] += 1
+        state.data["sessions_active"] = len(live)
+        state.save()
+        close = session.close_session
+
+        async def close_session(*cargs, **ckwargs):
+            if id(session) in live:
+                live.discard(id(session))
+                state.data["sessions_active"] = len(live)
+                state.save()
+            return await close(*cargs, **ckwargs)
+
+        session.close_session = close_session
+        return session
+
+    iserver.create_session = create_session
+
+
+# --------------------------------------------------------------------------
+# Deadband (replaces asyncua's data-change filtering)
+# --------------------------------------------------------------------------
+def passes_filter(mdata, last: ua.DataValue | None, new: ua.DataValue) -> bool:
+    """Whether `new` must be reported, given the last reported value `last`."""
+    if last is None or last.StatusCode != new.StatusCode:
+        return True
+    flt = mdata.filter
+    trigger = flt.Trigger if flt else ua.DataChangeTrigger.StatusValue
+    if trigger == ua.DataChangeTrigger.Status:
+        return False
+    if trigger == ua.DataChangeTrigger.StatusValueTimestamp and last.SourceTimestamp != new.SourceTimestamp:
+        return True
+    old_v, new_v = last.Value.Value, new.Value.Value
+    if old_v == new_v:
+        return False
+    kind = flt.DeadbandType if flt else ua.DeadbandType.None_
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (old_v, new_v))
+    if kind == ua.DeadbandType.None_ or not numeric:
+        return True
+    limit = flt.DeadbandValue
+    if kind == ua.DeadbandType.Percent:
+        low, high = EU_RANGES[mdata.nodeid]
+        limit = flt.DeadbandValue / 100.0 * (high - low)
+    return abs(new_v - old_v) > limit
+
+
+def patch_deadband() -> None:
+    create = MonitoredItemService._create_data_change_monitored_item
+
+    async def create_item(self, params):
+        flt = params.RequestedParameters.Filter
+        nodeid = params.ItemToMonitor.NodeId
+        if (
+            isinstance(flt, ua.DataChangeFilter)
+            and flt.DeadbandType == ua.DeadbandType.Percent
+            and nodeid not in EU_RANGES
+        ):
+            result = ua.MonitoredItemCreateResult()
+            result.StatusCode = ua.StatusCode(ua.StatusCodes.BadFilterNotAllowed)
+            return result
+        result = await create(self, params)
+        if result.StatusCode.is_good():
+            mdata = self._monitored_items[result.MonitoredItemId]
+            mdata.nodeid, mdata.last_reported = nodeid, None
+        return result
+
+    async def datachange_callback(self, handle, value, error=None):
+        if error:
+            await self.trigger_statuschange(error)
+            return
+        mid = self._monitored_datachange[handle]
+        mdata = self._monitored_items[mid]
+        if passes_filter(mdata, mdata.last_reported, value):
+            mdata.last_reported = copy.deepcopy(value)
+            event = ua.MonitoredItemNotification(ClientHandle=mdata.client_handle, Value=value)
+            await self.isub.enqueue_datachange_event(mid, event, mdata.queue_size)
+
+    MonitoredItemService._create_data_change_monitored_item = create_item
+    MonitoredItemService.datachange_callback = datachange_callback
+
+
+# --------------------------------------------------------------------------
+# Users and certificates
+# --------------------------------------------------------------------------
+class PeerUserManager:
+    """Accepts anonymous logins (when offered) and the --users passwords."""
+
+    def __init__(self, users: dict[str, str]):
+        self.users = users
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if username is None:  # anonymous (the token type was checked by asyncua)
+            return User(role=UserRole.User)
+        if isinstance(password, bytes):
+            password = password.decode("utf-8", "replace")
+        if self.users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None  # -> BadUserAccessDenied
+
+
+def ensure_certificate(pki_dir: Path) -> tuple[Path, Path]:
+    """Create server_cert.der + server_key.pem in `pki_dir` unless both exist."""
+    cert_path, key_path = pki_dir / "server_cert.der", pki_dir / "server_key.pem"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    key = cert_gen.generate_private_key()
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key,
+        "Gateway_Rust test server",
+        {"organizationName": "Gateway_Rust"},
+        [
+            x509.UniformResourceIdentifier(APP_URI),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.DNSName("localhost"),
+        ],
+        extended=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        days=3650,
+    )
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    for path, content in ((key_path, cert_gen.dump_private_key_as_pem(key)), (cert_path, cert.public_bytes(Encoding.DER))):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    return cert_path, key_path
+
+
+# --------------------------------------------------------------------------
+# Server
+# --------------------------------------------------------------------------
+async def build(args: argparse.Namespace, state: State) -> tuple[Server, dict]:
+    users = dict(u.split(":", 1) for u in args.users.split(",")) if args.users else {}
+    server = Server(user_manager=PeerUserManager(users))
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{args.port}/gateway-test/")
+    server.set_server_name("Gateway_Rust test server")
+    server._application_uri = APP_URI  # noqa: SLF001 -- written to namespace 1 by init()
+    await server.init()
+    server.disable_clock()
+
+    policies = [ua.SecurityPolicyType.NoSecurity]
+    if args.secure:
+        policies += [
+            ua.SecurityPolicyType.Basic256Sha256_Sign,
+            ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+            ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+            ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+        ]
+    server.set_security_policy(policies)
+    if args.pki_dir:
+        cert_path, key_path = ensure_certificate(Path(args.pki_dir))
+        await server.load_certificate(str(cert_path))
+        await server.load_private_key(str(key_path))
+    tokens = [] if args.no_anonymous else [ua.AnonymousIdentityToken]
+    if users:
+        tokens.append(ua.UserNameIdentityToken)
+    server.set_identity_tokens(tokens)
+
+    ns = await server.register_namespace(NS_URI)
+    assert ns == 2, f"namespace index {ns}"
+    folder = await server.nodes.objects.add_folder(ua.NodeId("Test", ns), ua.QualifiedName("Test", ns))
+
+    def add(ident, value, vtype):
+        nid = node_id(ident, ns)
+        name = ident if isinstance(ident, str) else str(nid.to_string())
+        return folder.add_variable(nid, ua.QualifiedName(name, ns), ua.Variant(value, vtype), vtype)
+
+    # Fixed values are served by a read callback, so that ServerTimestamp is the
+    # time of the read and a Bad status keeps its value (asyncua's write path
+    # replaces the value of a Bad DataValue with Null).
+    for ident, value, vtype, *status in FIXED:
+        var = await add(ident, value, vtype)
+        if isinstance(value, list):
+            await var.write_attribute(ua.AttributeIds.ValueRank, ua.DataValue(ua.Variant(1, VT.Int32)))
+            await var.write_attribute(ua.AttributeIds.ArrayDimensions, ua.DataValue(ua.Variant([0], VT.UInt32)))
+        variant = ua.Variant(value, vtype)
+        code = ua.StatusCode(status[0] if status else ua.StatusCodes.Good)
+
+        def read_fixed(_nid, _attr, variant=variant, code=code):
+            return ua.DataValue(variant, code, SourceTimestamp=FIXED_TS, ServerTimestamp=datetime.now(timezone.utc))
+
+        server.iserver.set_attribute_value_callback(var.nodeid, read_fixed)
+
+    for ident, value, vtype in WRITABLE:
+        var = await add(ident, value, vtype)
+        await var.set_writable()
+
+    dynamic = {
+        "counter": await add("Dynamic/Counter", 1, VT.UInt32),
+        "sine": await add("Dynamic/Sine", 0.0, VT.Double),
+    }
+    # Analog/Level: an AnalogItemType instance with its EURange property.
+    level_id = node_id("Analog/Level", ns)
+    analog_type = server.get_node(ua.NodeId(ua.ObjectIds.AnalogItemType))
+    level = (await instantiate(folder, analog_type, nodeid=level_id, bname=ua.QualifiedName("Analog/Level", ns),
+                               idx=ns, instantiate_optional=False))[0]
+    await level.write_attribute(ua.AttributeIds.DataType, ua.DataValue(ua.Variant(ua.NodeId(ua.ObjectIds.Double), VT.NodeId)))
+    eu_range = await level.get_child(ua.QualifiedName("EURange", 0))
+    await eu_range.write_value(ua.Range(Low=0.0, High=200.0))
+    EU_RANGES[level_id] = (0.0, 200.0)
+    dynamic["level"] = level
+
+    def on_write(event, _dispatcher):
+        if not event.is_external:
+            return
+        for item, result in zip(event.request_params.NodesToWrite, event.response_params):
+            if item.AttributeId == ua.AttributeIds.Value and result.is_good():
+                variant = item.Value.Value
+                state.data["writes"].append(
+                    {"node": item.NodeId.to_string(), "value": json_value(variant.Value), "type": variant.VariantType.name}
+                )
+        state.save()
+
+    from asyncua.common.callback import CallbackType
+
+    server.subscribe_server_callback(CallbackType.PostWrite, on_write)
+    hook_sessions(server, state)
+    return server, dynamic
+
+
+async def update_dynamic(server: Server, nodes: dict, period: float) -> None:
+    """Every `period`: Counter += 1, Sine = sin(t), Level = counter % 200."""
+    counter = 1
+    while True:
+        now = datetime.now(timezone.utc)
+        values = {
+            "counter": ua.Variant(counter, VT.UInt32),
+            "sine": ua.Variant(math.sin(now.timestamp()), VT.Double),
+            "level": ua.Variant(float(counter % 200), VT.Double),
+        }
+        for key, variant in values.items():
+            dv = ua.DataValue(variant, SourceTimestamp=now, ServerTimestamp=now)
+            await server.write_attribute_value(nodes[key].nodeid, dv)
+        await asyncio.sleep(period)
+        counter = (counter + 1) & 0xFFFFFFFF
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="OPC-UA peer server for the gateway's integration tests.")
+    parser.add_argument("--port", type=int, required=True, help="TCP port on 127.0.0.1")
+    parser.add_argument("--state", required=True, metavar="FILE", help="JSON state file")
+    parser.add_argument("--period", type=float, default=0.1, help="dynamic value period in s (default 0.1)")
+    parser.add_argument("--secure", action="store_true", help="also offer signed/encrypted endpoints")
+    parser.add_argument("--pki-dir", metavar="DIR", help="where the server certificate and key live")
+    parser.add_argument("--users", metavar="USER:PASS[,USER:PASS]", help="accepted username/password pairs")
+    parser.add_argument("--no-anonymous", action="store_true", help="refuse anonymous logins")
+    parser.add_argument("--verbose", action="store_true", help="asyncua info logging on stderr")
+    args = parser.parse_args(argv)
+    if args.secure and not args.pki_dir:
+        parser.error("--secure needs --pki-dir")
+    if args.no_anonymous and not args.users:
+        parser.error("--no-anonymous needs --users")
+    if args.users and not all(":" in u for u in args.users.split(",")):
+        parser.error("--users expects user:pass[,user:pass]")
+    return args
+
+
+async def run(args: argparse.Namespace) -> int:
+    patch_deadband()
+    state = State(args.state)
+    server, dynamic = await build(args, state)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await server.start()
+    except OSError as exc:
+        warn(f"could not listen on 127.0.0.1:{args.port}: {exc}")
+        return 1
+    updater = asyncio.create_task(update_dynamic(server, dynamic, args.period))
+    print(f"READY {args.port}", flush=True)
+    await stopping.wait()
+    updater.cancel()
+    await server.stop()
+    return 0
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, stream=sys.stderr)
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
