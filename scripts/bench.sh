@@ -27,6 +27,10 @@
 #                                    broker) at QoS 0 and 1 vs mosquitto_sub /
 #                                    mosquitto_pub on the same private broker
 #                                    (BENCH_MESSAGES: tests/src/bin/mqtt_bench.rs)
+#   scripts/bench.sh opcua           the OPC UA driver: 10k items at 1 s and 1k items at
+#                                    100 ms from a node-opcua server into the bus vs a bare
+#                                    async-opcua client (BENCH_SECS, BENCH_SCENARIOS,
+#                                    BENCH_SERVER: tests/src/bin/opcua_bench.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/common.sh
@@ -49,6 +53,7 @@ case "$what" in
     postgres) shift; ensure_postgres; bench_bin pg_bench /var/tmp/gateway-pg-bench "$@" ;;
     alerts)   shift; bench_bin alert_bench /var/tmp/gateway-alert-bench "$@" ;;
     mqtt)     shift; ensure_mqtt_peers; bench_bin mqtt_bench /var/tmp/gateway-mqtt-bench "$@" ;;
+    opcua)    shift; ensure_opcua_peers; bench_bin opcua_bench /var/tmp/gateway-opcua-bench "$@" ;;
     bus)
         [ $# -gt 0 ] && shift
         export BENCH_DIR="${BENCH_DIR:-/var/tmp/frame-bus-bench}"

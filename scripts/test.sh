@@ -30,6 +30,9 @@ ensure_modbus_peer
 ensure_influx_peers
 log "MQTT peers (Mosquitto, mosquitto_pub)"
 ensure_mqtt_peers
+# The OPC UA tests start private asyncua and node-opcua servers on loopback.
+log "OPC UA peers (asyncua, node-opcua)"
+ensure_opcua_peers
 # The PostgreSQL store tests use the machine's server (a database each) and
 # start private clusters for the outage tests.
 ensure_postgres

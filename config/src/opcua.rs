@@ -8,8 +8,8 @@
 //!   (`None`, `Sign`, `SignAndEncrypt`; defaults to `SignAndEncrypt` with a
 //!   policy other than `None`). The client certificate lives in `pki_dir`
 //!   (default `<data_dir>/pki/opcua`) and is created on first start; server
-//!   certificates are trusted only when they are in `pki_dir/trusted/certs`
-//!   (rejected ones land in `pki_dir/rejected/certs`), unless
+//!   certificates are trusted only when they are in `pki_dir/trusted`
+//!   (rejected ones land in `pki_dir/rejected`), unless
 //!   `trust_server_certs = true`.
 //! - Identity: anonymous, `username` + `password` (`${ENV}`), or an X.509
 //!   user certificate (`user_cert_file` + `user_key_file`).

@@ -53,9 +53,13 @@ pub struct OpcuaArgs {
     /// `<data_dir>/pki/opcua` to reuse its certificate and trust list).
     #[arg(long, default_value = "pki/opcua")]
     pki_dir: PathBuf,
-    /// Accept any server certificate.
+    /// Trust unknown server certificates (written to <pki-dir>/trusted).
     #[arg(long)]
     trust_server_certs: bool,
+    /// Application URI of the client certificate created in --pki-dir
+    /// (with the gateway's pki_dir: its `urn:gateway-rust:<gateway_id>`).
+    #[arg(long, default_value = "urn:gateway-rust:discover")]
+    application_uri: String,
     /// Per-request timeout, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -125,7 +129,7 @@ async fn opcua(a: OpcuaArgs) -> anyhow::Result<()> {
         password,
         pki_dir: Some(a.pki_dir.clone()),
         trust_server_certs: a.trust_server_certs,
-        application_uri: Some("urn:gateway-rust:discover".into()),
+        application_uri: Some(a.application_uri.clone()),
         ..OpcuaDevice::default()
     };
     let vars = discover::browse(&BrowseOptions {

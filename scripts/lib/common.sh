@@ -71,6 +71,31 @@ ensure_mqtt_peers() {
     ensure_deb mosquitto mosquitto-clients openssl
 }
 
+# The OPC UA driver's tests: two independent server implementations, Python
+# asyncua (tests/peers/opcua_server.py) and node-opcua
+# (tests/peers/opcua_node_server.js), in pinned versions. node-opcua goes to
+# ~/.cache/gateway_rust/node-opcua (outside the checkout; the tests find it
+# there or at $GATEWAY_NODE_OPCUA).
+OPCUA_PEER_ASYNCUA=1.1.8
+OPCUA_PEER_NODE_OPCUA=2.160.0
+OPCUA_NODE_DIR="${HOME}/.cache/gateway_rust/node-opcua"
+ensure_opcua_peers() {
+    command -v python3 >/dev/null || { log "python3 not found: the OPC UA peer needs Python 3.10 or newer"; return 1; }
+    if ! python3 -c "import asyncua, importlib.metadata as m; assert m.version('asyncua') == '$OPCUA_PEER_ASYNCUA'" 2>/dev/null; then
+        log "installing asyncua==$OPCUA_PEER_ASYNCUA"
+        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+            "asyncua==$OPCUA_PEER_ASYNCUA" || return 1
+    fi
+    command -v node >/dev/null || ensure_deb nodejs npm || return 1
+    if ! [ -f "$OPCUA_NODE_DIR/node_modules/node-opcua-server/package.json" ] \
+        || ! grep -q "\"version\": \"$OPCUA_PEER_NODE_OPCUA\"" "$OPCUA_NODE_DIR/node_modules/node-opcua-server/package.json"; then
+        log "installing node-opcua-server@$OPCUA_PEER_NODE_OPCUA into $OPCUA_NODE_DIR"
+        mkdir -p "$OPCUA_NODE_DIR"
+        (cd "$OPCUA_NODE_DIR" && npm install --no-audit --no-fund --loglevel=error \
+            "node-opcua-server@$OPCUA_PEER_NODE_OPCUA") || return 1
+    fi
+}
+
 # The PostgreSQL store's tests: the machine's server on 127.0.0.1:5432 (trust
 # auth; each test creates and drops its own database), and the server
 # binaries (initdb, pg_ctl, run as the `postgres` user via runuser) for the

@@ -43,7 +43,12 @@ impl ConnectError {
 
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.code)
+        // Messages name their status code already, except a few built here.
+        if self.message.contains(&self.code.to_string()) {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{} ({})", self.message, self.code)
+        }
     }
 }
 
@@ -240,10 +245,23 @@ pub async fn connect(
             ))
         }
         Ok(Err(code)) => {
-            let hint = if code.sub_code().name().contains("Certificate") && !o.trust_server_certs {
-                " (an untrusted server certificate is saved in <pki_dir>/rejected/certs: move it to <pki_dir>/trusted/certs to trust it)"
+            let pki = o
+                .pki_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new("<pki_dir>"))
+                .display();
+            let hint = if o.trust_server_certs {
+                String::new()
+            } else if code == StatusCode::BadCertificateUntrusted {
+                format!(
+                    " (the server certificate is not trusted: it was saved in {pki}/rejected; move it to {pki}/trusted to trust it)"
+                )
+            } else if code == StatusCode::BadSecurityChecksFailed {
+                format!(
+                    " (if the server certificate is in {pki}/rejected, move it to {pki}/trusted; otherwise the server may refuse the gateway's certificate {pki}/own/cert.der: add it to the server's trust list)"
+                )
             } else {
-                ""
+                String::new()
             };
             return Err(ConnectError::new(
                 code,

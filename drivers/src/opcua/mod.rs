@@ -133,6 +133,10 @@ struct Driver<H: DriverHost> {
     items: HashMap<u32, Item>,
     deadbands: Vec<Deadband>,
     status: Option<LinkStatus>,
+    /// The reason published with `status`.
+    reason: String,
+    /// The write queue still has senders.
+    writes_open: bool,
 }
 
 /// Runs one OPC UA device until shutdown.
@@ -154,7 +158,7 @@ pub async fn run<H: DriverHost>(
     if opts.trust_server_certs {
         tracing::warn!(
             device = device.name,
-            "trust_server_certs = true: any server certificate is accepted (and an impostor too)"
+            "trust_server_certs = true: unknown server certificates are trusted on first use (written to <pki_dir>/trusted), an impostor's too"
         );
     }
     let client = client::build(&device.name, device.timeout, &opts).map_err(fail)?;
@@ -175,6 +179,8 @@ pub async fn run<H: DriverHost>(
         host: host.clone(),
         items,
         status: None,
+        reason: String::new(),
+        writes_open: true,
     };
     let mut writes = writes.lock_owned().await;
     let mut pipeline = Pipeline::new(host);
@@ -194,7 +200,13 @@ pub async fn run<H: DriverHost>(
                 match d.session(conn, &mut pipeline, &mut shutdown, &mut writes).await? {
                     End::Shutdown => break,
                     End::Lost(code, why) => {
-                        failures = 0;
+                        // A session that never got its subscriptions up
+                        // backs off like a failed attempt.
+                        if d.status == Some(LinkStatus::Online) {
+                            failures = 0;
+                        } else {
+                            failures = failures.saturating_add(1);
+                        }
                         d.lost(code, &why, &mut pipeline).await?;
                         why
                     }
@@ -208,7 +220,7 @@ pub async fn run<H: DriverHost>(
                 } else {
                     LinkStatus::Offline
                 };
-                if d.status != Some(status) {
+                if d.status != Some(status) || d.reason != e.to_string() {
                     tracing::warn!(device = d.device.name, error = %e, "OPC UA session failed");
                 } else {
                     tracing::debug!(device = d.device.name, error = %e, "OPC UA session failed again");
@@ -231,7 +243,7 @@ pub async fn run<H: DriverHost>(
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                w = writes.recv() => match w {
+                w = writes.recv(), if d.writes_open => match w {
                     Some(w) => {
                         let _ = w.reply.send(WriteResult::failed(
                             WriteStatus::Connection,
@@ -239,7 +251,8 @@ pub async fn run<H: DriverHost>(
                             format!("no session with {}", d.device.endpoint),
                         ));
                     }
-                    None => tokio::time::sleep_until(until).await,
+                    // No sender left: nobody can ask for writes any more.
+                    None => d.writes_open = false,
                 },
                 _ = tokio::time::sleep_until(until) => break,
             }
@@ -249,16 +262,19 @@ pub async fn run<H: DriverHost>(
 }
 
 impl<H: DriverHost> Driver<H> {
+    /// Publishes a status change. An `Error` whose reason changed (a fixed
+    /// trust list, then a wrong password) is published again.
     async fn set_status(
         &mut self,
         s: LinkStatus,
         reason: &str,
         pipeline: &mut Pipeline,
     ) -> Result<(), DriverError> {
-        if self.status == Some(s) {
+        if self.status == Some(s) && (s != LinkStatus::Error || self.reason == reason) {
             return Ok(());
         }
         self.status = Some(s);
+        self.reason = reason.to_string();
         match s {
             LinkStatus::Online => self.host.connection_changed(true),
             LinkStatus::Offline => self.host.connection_changed(false),
@@ -378,7 +394,8 @@ impl<H: DriverHost> Driver<H> {
         let polls = self.plan.polls.clone();
         let start = Instant::now();
         let mut next: Vec<Instant> = vec![start; polls.len()];
-        let mut writes_open = true;
+        // Poll-only devices have no subscription, so no notice sender.
+        let mut notices_open = !subscriptions.is_empty();
         loop {
             let due = (0..polls.len()).min_by_key(|&i| next[i]);
             tokio::select! {
@@ -391,7 +408,7 @@ impl<H: DriverHost> Driver<H> {
                     let code = code.unwrap_or(StatusCode::BadConnectionClosed);
                     return Ok(End::Lost(code, format!("connection lost: {code}")));
                 }
-                n = notices.recv() => match n {
+                n = notices.recv(), if notices_open => match n {
                     Some(Notice::Data(values)) => self.notification(values, pipeline).await?,
                     Some(Notice::Status(code)) => {
                         // The server dropped a subscription: start over, so
@@ -399,14 +416,14 @@ impl<H: DriverHost> Driver<H> {
                         conn.close(timeout).await;
                         return Ok(End::Lost(code, format!("the server ended a subscription: {code}")));
                     }
-                    None => std::future::pending::<()>().await,
+                    None => notices_open = false,
                 },
-                w = writes.recv(), if writes_open => match w {
+                w = writes.recv(), if self.writes_open => match w {
                     Some(w) => {
                         let r = self.write(&session, &w, &resolve).await;
                         let _ = w.reply.send(r);
                     }
-                    None => writes_open = false,
+                    None => self.writes_open = false,
                 },
                 _ = sleep_until(due.map(|i| next[i])) => {
                     let Some(i) = due else { continue };

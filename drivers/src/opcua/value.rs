@@ -124,9 +124,13 @@ pub fn raw(dt: DataType, v: &Variant) -> Result<Raw, StatusCode> {
             D::UInt16 => (0, u16::MAX.into()),
             D::UInt32 => (0, u32::MAX.into()),
             D::UInt64 => (0, u64::MAX.into()),
-            // Exact only up to 2^53; beyond that a double rounds.
+            // Exact only up to 2^53 (a double) or 2^24 (a float).
             D::Float | D::Double => {
-                let f = i as f64;
+                let f = if dt == D::Float {
+                    f64::from(i as f32)
+                } else {
+                    i as f64
+                };
                 return if f as i128 == i {
                     Ok(Raw::Float(f))
                 } else {

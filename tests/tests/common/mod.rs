@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod mqtt;
+pub mod opcua;
 pub mod peers;
 pub mod pg;
 
