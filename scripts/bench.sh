@@ -28,7 +28,7 @@
 #                                    mosquitto_pub on the same private broker
 #                                    (BENCH_MESSAGES: tests/src/bin/mqtt_bench.rs)
 #   scripts/bench.sh opcua           the OPC UA driver: 10k items at 1 s and 1k items at
-#                                    100 ms from a node-opcua server into the bus vs a bare
+#                                    100 ms from an asyncua server into the bus vs a bare
 #                                    async-opcua client (BENCH_SECS, BENCH_SCENARIOS,
 #                                    BENCH_SERVER: tests/src/bin/opcua_bench.rs)
 set -euo pipefail

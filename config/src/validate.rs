@@ -616,13 +616,22 @@ fn opcua_device(d: &DeviceConfig, o: &crate::opcua::OpcuaDevice, e: &mut impl Fn
             "choose one user identity: username/password or user_cert_file/user_key_file".into(),
         );
     }
-    for (k, f) in [
-        ("user_cert_file", &o.user_cert_file),
-        ("user_key_file", &o.user_key_file),
+    for (k, f, exts) in [
+        ("user_cert_file", &o.user_cert_file, &["der", "pem"][..]),
+        ("user_key_file", &o.user_key_file, &["pem"][..]),
     ] {
         if let Some(f) = f {
             if !f.is_file() {
                 e(k, format!("{} is not a readable file", f.display()));
+            }
+            // The OPC UA library picks the format by the extension.
+            let ext = f
+                .extension()
+                .and_then(|x| x.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            if !exts.contains(&ext.as_str()) {
+                e(k, format!("{} must end in .{}", f.display(), exts.join(" or .")));
             }
         }
     }

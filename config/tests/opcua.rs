@@ -137,6 +137,13 @@ fn refusals_name_the_line_and_the_key() {
     ));
     expect(&e, "keep_alive_interval", 6, "at most half of session_timeout");
 
+    let e = errors(&DEVICE.replace(
+        "username = \"op\"\npassword = \"${PW}\"",
+        "user_cert_file = \"user.crt\"\nuser_key_file = \"user.key\"",
+    ));
+    expect(&e, "user_cert_file", 5, "must end in .der or .pem");
+    expect(&e, "user_key_file", 6, "must end in .pem");
+
     let e = errors(&DEVICE.replace("data_type = \"Double\"", "data_type = \"String\""));
     expect(&e, "tags[0].deadband_type", 12, "needs a numeric data_type");
 }

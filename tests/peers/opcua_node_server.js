@@ -29,7 +29,7 @@
 //   ns=1;s=Types/DoubleArray    Double[] [1.5, -2.25, 3.0]  /
 //   ns=1;s=Control/Setpoint     Double 10.0, writable
 //
-// Benchmark items (--bench-items N, default 0: none): Double variables
+// Benchmark items (--bench-items N, default 0: none): read-only Double variables
 // ns=1;s=Bench/0 ... ns=1;s=Bench/<N-1> in the Objects folder "Bench" (the
 // "Test" folder is unchanged).  Every --period seconds ALL of them get a new
 // value, Bench/<i> = tick + i / 1e6 (tick = 1, 2, ...; 0 before the first
@@ -102,7 +102,10 @@ function startBench(addressSpace, ns, count, period) {
     const nodes = [];
     for (let i = 0; i < count; i++) {
         const id = `Bench/${i}`;
-        nodes.push(ns.addVariable({ componentOf: folder, browseName: id, nodeId: `s=${id}`, dataType: DataType.Double }));
+        nodes.push(ns.addVariable({
+            componentOf: folder, browseName: id, nodeId: `s=${id}`, dataType: DataType.Double,
+            accessLevel: "CurrentRead", userAccessLevel: "CurrentRead",
+        }));
     }
     addressSpace.isFrugal = frugal;
     const update = (tick) => {

@@ -682,6 +682,7 @@ fn config_sync_follows_reloads_disables_what_was_removed_and_keeps_history() {
             json!({"protocol": "ModbusRtuOverTcp", "status": "LOADED"}),
             json!({"protocol": "ModbusTcp", "status": "LOADED"}),
             json!({"protocol": "Mqtt", "status": "LOADED"}),
+            json!({"protocol": "OpcUa", "status": "LOADED"}),
             json!({"protocol": "Simulator", "status": "RUNNING"}),
         ]
     );

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use config::{OpcuaDevice, SecurityMode};
 use futures::StreamExt;
-use opcua::client::{Client, ClientBuilder, IdentityToken, Session, SessionPollResult};
+use opcua::client::{Client, ClientBuilder, ClientEndpoint, IdentityToken, Session, SessionPollResult};
 use opcua::types::{EndpointDescription, MessageSecurityMode, StatusCode};
 use tokio::sync::mpsc;
 
@@ -86,7 +86,22 @@ static PKI_LOCK: Mutex<()> = Mutex::new(());
 /// The client of device `name`. Creates the client certificate and key in
 /// `pki_dir` on first start (self-signed, with the application URI).
 /// `timeout` bounds every request.
-pub fn build(name: &str, timeout: Duration, o: &OpcuaDevice) -> Result<Client, String> {
+///
+/// A publish request waits at the server until a notification or a
+/// keep-alive is due, up to `max_publishing_interval` for the slowest
+/// subscription: it is given that long twice over, plus `timeout`, so a
+/// long scan rate never times out its own publish requests.
+pub fn build(
+    name: &str,
+    url: &str,
+    timeout: Duration,
+    max_publishing_interval: Duration,
+    o: &OpcuaDevice,
+) -> Result<Client, String> {
+    let publish_timeout = max_publishing_interval
+        .saturating_mul(2)
+        .saturating_add(timeout)
+        .max(Duration::from_secs(60));
     let pki = o
         .pki_dir
         .clone()
@@ -101,6 +116,11 @@ pub fn build(name: &str, timeout: Duration, o: &OpcuaDevice) -> Result<Client, S
     ClientBuilder::new()
         .application_name(o.application_name.clone())
         .application_uri(uri)
+        // Sessions are built from the server's endpoints (`connect`); the
+        // entry only names the URL (and keeps the library from warning
+        // about a client without endpoints).
+        .endpoint(name, ClientEndpoint::new(url))
+        .default_endpoint(name)
         .product_uri("urn:gateway-rust")
         .pki_dir(pki)
         .create_sample_keypair(true)
@@ -114,6 +134,12 @@ pub fn build(name: &str, timeout: Duration, o: &OpcuaDevice) -> Result<Client, S
         // half-open connection (the library's default never does).
         .max_failed_keep_alive_count(2)
         .request_timeout(timeout)
+        .publish_timeout(publish_timeout)
+        // The library's defaults (5 chunks, 327 675 bytes) refuse a
+        // Publish response of a few thousand notifications from servers
+        // that do not cap them; 64 MiB in 64 KiB chunks at most.
+        .max_message_size(64 << 20)
+        .max_chunk_count(1024)
         .session_name(format!("gateway-rust:{name}"))
         .session_timeout(session_timeout)
         .client()

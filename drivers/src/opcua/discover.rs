@@ -45,7 +45,7 @@ pub async fn endpoints(
         application_uri: Some("urn:gateway-rust:discover".into()),
         ..OpcuaDevice::default()
     };
-    let c = client::build("discover", timeout, &o)?;
+    let c = client::build("discover", url, timeout, Duration::ZERO, &o)?;
     let eps = client::endpoints(&c, url, timeout)
         .await
         .map_err(|e| e.to_string())?;
@@ -186,7 +186,7 @@ fn builtin_name(n: &NodeId) -> String {
 
 /// Browses the server of `o` and returns its variables, in browse order.
 pub async fn browse(o: &BrowseOptions) -> Result<Vec<Variable>, String> {
-    let c = client::build("discover", o.timeout, &o.device)?;
+    let c = client::build("discover", &o.url, o.timeout, Duration::ZERO, &o.device)?;
     let identity: IdentityToken = client::identity(&o.device)?;
     let conn = client::connect(&c, &o.url, o.timeout, &o.device, identity)
         .await

@@ -161,7 +161,14 @@ pub async fn run<H: DriverHost>(
             "trust_server_certs = true: unknown server certificates are trusted on first use (written to <pki_dir>/trusted), an impostor's too"
         );
     }
-    let client = client::build(&device.name, device.timeout, &opts).map_err(fail)?;
+    let slowest = plan
+        .subscriptions
+        .iter()
+        .map(|g| g.interval)
+        .max()
+        .unwrap_or_default();
+    let client =
+        client::build(&device.name, &device.endpoint, device.timeout, slowest, &opts).map_err(fail)?;
     let identity = client::identity(&opts).map_err(fail)?;
     let host = Arc::new(host);
     let items = plan
