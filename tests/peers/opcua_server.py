@@ -10,7 +10,8 @@ Usage
 
     opcua_server.py --port N --state FILE [--period 0.1]
                     [--secure --pki-dir DIR] [--users user:pass[,user:pass]]
-                    [--no-anonymous] [--bench-items N] [--verbose]
+                    [--user-cert FILE[,FILE]]... [--no-anonymous]
+                    [--bench-items N] [--verbose]
 
 * ``--port N``       listen on 127.0.0.1:N only; the endpoint URL is
                      ``opc.tcp://127.0.0.1:N/gateway-test/``.
@@ -27,7 +28,10 @@ Usage
                      Application URI ``urn:gateway-rust:test-server``, SAN
                      IP 127.0.0.1 and DNS localhost.
 * ``--users LIST``   username/password identities that are accepted.
-* ``--no-anonymous`` refuse anonymous logins (needs --users).
+* ``--user-cert FILE`` (repeatable, and/or comma-separated; needs --secure)
+                     X.509 user certificates (DER or PEM) that are accepted
+                     as user identity, see "X.509 user identity" below.
+* ``--no-anonymous`` refuse anonymous logins (needs --users or --user-cert).
 * ``--bench-items N`` (default 0: none) add N benchmark variables, see
                      "Benchmark items" below.
 
@@ -39,7 +43,8 @@ Diagnostics go to stderr.  SIGTERM or SIGINT stop the server with exit code 0.
 State file::
 
     {"sessions_created": N, "sessions_active": M,
-     "writes": [{"node": "ns=2;s=Control/Setpoint", "value": 12.5, "type": "Double"}, ...]}
+     "writes": [{"node": "ns=2;s=Control/Setpoint", "value": 12.5, "type": "Double"}, ...],
+     "identities": ["alice", "cert:operator-1", "anonymous", ...]}
 
 ``sessions_created`` counts CreateSession requests that created a server
 session (whether or not the session is activated later: a login with a wrong
@@ -47,6 +52,34 @@ password counts).  ``sessions_active`` is the number of those sessions not yet
 closed (CloseSession at once; connection loss or session timeout within about
 1 s, asyncua's session watchdog period).  ``writes`` lists
 every successful client write of a Value attribute, in order.
+``identities`` has one entry per successful ActivateSession, in order: the
+user name of a username login, ``cert:<CN>`` (the subject's commonName, or
+the whole subject as RFC 4514 string if it has none) of an X.509 user
+certificate login, ``anonymous`` of an anonymous login.  Refused
+activations add nothing.
+
+X.509 user identity
+-------------------
+With ``--user-cert`` every endpoint also announces a user token policy
+PolicyId ``certificate``, TokenType Certificate (asyncua's own policy): on
+the secure endpoints with the endpoint's own SecurityPolicyUri (Basic256Sha256,
+Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss), on the None endpoint with
+Basic256Sha256 (the first signing policy).  ActivateSession with an
+X509IdentityToken is accepted when:
+
+* the UserTokenSignature verifies: asyncua 1.1.8 checks it itself
+  (InternalServer.verify_x509_token, called by InternalSession.
+  activate_session) with the public key of the token's certificate over
+  server certificate (DER) + the server nonce of CreateSession, algorithm
+  rsa-sha1, rsa-sha256 or rsa-pss-sha2-256 as named in the signature (not
+  checked against the token policy); a missing or wrong signature or unknown
+  algorithm -> BadIdentityTokenInvalid;
+* and CertificateData equals one of the --user-cert files byte for byte
+  (DER); any other certificate -> BadUserAccessDenied.
+
+Nothing else about the certificate is checked (validity period, issuer,
+key usage).  Without --user-cert an X509IdentityToken is refused with
+BadIdentityTokenRejected, as before.
 
 Address space
 -------------
@@ -123,7 +156,7 @@ from asyncua.server.monitored_item_service import MonitoredItemService
 from asyncua.server.subscription_service import SubscriptionService
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VT = ua.VariantType
 NS_URI = "urn:gateway-rust:test"
@@ -184,7 +217,7 @@ def node_id(ident, ns: int) -> ua.NodeId:
 class State:
     def __init__(self, path: str):
         self.path = path
-        self.data = {"sessions_created": 0, "sessions_active": 0, "writes": []}
+        self.data = {"sessions_created": 0, "sessions_active": 0, "writes": [], "identities": []}
         self.save()
 
     def save(self) -> None:
@@ -218,7 +251,9 @@ def hook_sessions(server: Server, state: State) -> None:
     constructor and is not counted.  A session stops being active on its first
     close_session() call: CloseSession, loss of the connection or the session
     watchdog; asyncua calls it again when the connection closes after a
-    CloseSession, hence the set of live sessions.
+    CloseSession, hence the set of live sessions.  A session's (synchronous)
+    activate_session() is wrapped too: when it returns, the activation
+    succeeded and ``session.user`` is what PeerUserManager.get_user returned.
     """
     iserver = server.iserver
     original = iserver.create_session
@@ -242,6 +277,16 @@ def hook_sessions(server: Server, state: State) -> None:
             return await close(*cargs, **ckwargs)
 
         session.close_session = close_session
+        activate = session.activate_session
+
+        def activate_session(*aargs, **akwargs):
+            result = activate(*aargs, **akwargs)  # raises ServiceError when refused
+            user = session.user
+            state.data["identities"].append(user.name if user is not None and user.name else "anonymous")
+            state.save()
+            return result
+
+        session.activate_session = activate_session
         return session
 
     iserver.create_session = create_session
@@ -372,13 +417,49 @@ def patch_deadband() -> None:
 # --------------------------------------------------------------------------
 # Users and certificates
 # --------------------------------------------------------------------------
-class PeerUserManager:
-    """Accepts anonymous logins (when offered) and the --users passwords."""
+class TokenCertificate(bytes):
+    """CertificateData of an X509IdentityToken whose signature asyncua verified.
 
-    def __init__(self, users: dict[str, str]):
+    asyncua passes ``certificate=`` to get_user for every token type (for an
+    anonymous token it is the secure channel's client certificate), so the
+    wrapped verify_x509_token marks the user token's certificate with this type.
+    """
+
+
+def hook_x509_tokens(server: Server) -> None:
+    iserver = server.iserver
+    verify = iserver.verify_x509_token  # raises unless the user token signature verifies
+
+    def verify_x509_token(isession, token, signature):
+        return TokenCertificate(verify(isession, token, signature))
+
+    iserver.verify_x509_token = verify_x509_token
+
+
+def load_user_cert(path: str) -> tuple[bytes, str]:
+    """(DER bytes, "cert:<CN>") of a DER or PEM certificate file."""
+    data = Path(path).read_bytes()
+    if b"-----BEGIN" in data:
+        cert = x509.load_pem_x509_certificate(data)
+    else:
+        cert = x509.load_der_x509_certificate(data)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = names[0].value if names else cert.subject.rfc4514_string()
+    return cert.public_bytes(Encoding.DER), f"cert:{name}"
+
+
+class PeerUserManager:
+    """Accepts anonymous logins (when offered), the --users passwords and the
+    --user-cert certificates (compared byte for byte, DER)."""
+
+    def __init__(self, users: dict[str, str], certs: dict[bytes, str] | None = None):
         self.users = users
+        self.certs = certs or {}
 
     def get_user(self, iserver, username=None, password=None, certificate=None):
+        if isinstance(certificate, TokenCertificate):  # X509IdentityToken, signature checked
+            name = self.certs.get(bytes(certificate))
+            return User(role=UserRole.User, name=name) if name else None  # None -> BadUserAccessDenied
         if username is None:  # anonymous (the token type was checked by asyncua)
             return User(role=UserRole.User)
         if isinstance(password, bytes):
@@ -419,7 +500,7 @@ def ensure_certificate(pki_dir: Path) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------
 async def build(args: argparse.Namespace, state: State) -> tuple[Server, dict]:
     users = dict(u.split(":", 1) for u in args.users.split(",")) if args.users else {}
-    server = Server(user_manager=PeerUserManager(users))
+    server = Server(user_manager=PeerUserManager(users, args.user_certs))
     server.set_endpoint(f"opc.tcp://127.0.0.1:{args.port}/gateway-test/")
     server.set_server_name("Gateway_Rust test server")
     server._application_uri = APP_URI  # noqa: SLF001 -- written to namespace 1 by init()
@@ -442,6 +523,9 @@ async def build(args: argparse.Namespace, state: State) -> tuple[Server, dict]:
     tokens = [] if args.no_anonymous else [ua.AnonymousIdentityToken]
     if users:
         tokens.append(ua.UserNameIdentityToken)
+    if args.user_certs:
+        tokens.append(ua.X509IdentityToken)
+        hook_x509_tokens(server)
     server.set_identity_tokens(tokens)
 
     ns = await server.register_namespace(NS_URI)
@@ -628,6 +712,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--secure", action="store_true", help="also offer signed/encrypted endpoints")
     parser.add_argument("--pki-dir", metavar="DIR", help="where the server certificate and key live")
     parser.add_argument("--users", metavar="USER:PASS[,USER:PASS]", help="accepted username/password pairs")
+    parser.add_argument("--user-cert", action="append", default=[], metavar="FILE[,FILE]",
+                        help="accepted X.509 user certificate (DER or PEM); repeatable; needs --secure")
     parser.add_argument("--no-anonymous", action="store_true", help="refuse anonymous logins")
     parser.add_argument("--bench-items", type=int, default=0, metavar="N",
                         help="add N benchmark Doubles ns=2;s=Bench/<i>, all updated every period (default 0: none)")
@@ -635,8 +721,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.secure and not args.pki_dir:
         parser.error("--secure needs --pki-dir")
-    if args.no_anonymous and not args.users:
-        parser.error("--no-anonymous needs --users")
+    args.user_certs = {}  # DER -> "cert:<CN>"
+    for path in (p for item in args.user_cert for p in item.split(",") if p):
+        try:
+            der, name = load_user_cert(path)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--user-cert {path}: {exc}")
+        args.user_certs[der] = name
+    if args.user_cert and not args.user_certs:
+        parser.error("--user-cert expects FILE[,FILE]")
+    if args.user_certs and not args.secure:
+        parser.error("--user-cert needs --secure (the user token signature needs a signing policy)")
+    if args.no_anonymous and not (args.users or args.user_certs):
+        parser.error("--no-anonymous needs --users or --user-cert")
     if args.bench_items < 0:
         parser.error("--bench-items must be >= 0")
     if args.period <= 0:

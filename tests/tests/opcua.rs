@@ -644,3 +644,87 @@ fn discovery_prints_a_valid_device_file_and_the_endpoints() {
         assert!(text.contains(want), "missing {want} in:\n{text}");
     }
 }
+
+/// X.509 user identity (certificate and key made with `openssl`): the
+/// server's known user certificate activates a session and reads values;
+/// an unknown one is refused — status Error, not a crash. Both devices
+/// trust the server on first use (`trust_server_certs = true`): the
+/// certificate is written to `<pki_dir>/trusted`.
+#[test]
+fn x509_user_identity_and_trust_on_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = |cn: &str| -> (std::path::PathBuf, std::path::PathBuf) {
+        let (der, pem) = (
+            dir.path().join(format!("{cn}.der")),
+            dir.path().join(format!("{cn}.pem")),
+        );
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-outform", "DER",
+            ])
+            .arg("-keyout")
+            .arg(&pem)
+            .arg("-out")
+            .arg(&der)
+            .arg("-subj")
+            .arg(format!("/CN={cn}"))
+            .output()
+            .expect("openssl must be installed (scripts/test.sh installs it)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (der, pem)
+    };
+    let (op_der, op_pem) = user("operator-1");
+    let (in_der, in_pem) = user("intruder");
+    let server = OpcuaServer::asyncua(
+        dir.path(),
+        &[
+            "--secure",
+            "--user-cert",
+            &op_der.display().to_string(),
+            "--no-anonymous",
+        ],
+    );
+    let pki = dir.path().join("pki");
+    let dev = |name: &str, der: &std::path::Path, pem: &std::path::Path| {
+        device(
+            name,
+            &format!(
+                "protocol = \"opcua\"\nendpoint = \"{}\"\nsecurity_policy = \"Basic256Sha256\"\n\
+                 user_cert_file = \"{}\"\nuser_key_file = \"{}\"\npki_dir = \"{}\"\n\
+                 trust_server_certs = true\ntimeout = \"3s\"\nretry_interval = \"300ms\"\nmax_retry_interval = \"1s\"",
+                server.url,
+                der.display(),
+                pem.display(),
+                pki.display()
+            ),
+            &[tag("double", "ns=2;s=Types/Double", "Double", "")],
+        )
+    };
+    let demo = DemoDir::with_devices(&[
+        dev("operator", &op_der, &op_pem),
+        dev("intruder", &in_der, &in_pem),
+    ]);
+    let mut g = Gateway::start(&demo, &[]);
+    let s = wait_tags(&mut g, &demo, "operator", &["double"]);
+    assert_eq!(s["double"]["value"], json!(std::f64::consts::PI));
+    g.wait_until("intruder in status Error", LIMIT, |g| {
+        device_status(g, "intruder")["status"] == "Error"
+    });
+    let ev = status_events(&demo, "intruder");
+    assert!(ev[0].1.contains("BadUserAccessDenied"), "{ev:?}");
+    assert!(latest_samples(&wal_frames(&demo.wal()), "intruder").is_empty());
+    let identities = server.state()["identities"].clone();
+    assert!(
+        identities
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("cert:operator-1"))),
+        "{identities}"
+    );
+    // Trusted on first use: the server certificate is in trusted/.
+    let trusted = std::fs::read_dir(pki.join("trusted")).unwrap().count();
+    assert_eq!(trusted, 1, "the server certificate was trusted on first use");
+    assert!(
+        g.log_text().contains("trust_server_certs = true"),
+        "the start-up warning"
+    );
+}

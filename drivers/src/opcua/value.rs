@@ -330,6 +330,45 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_fall_back_source_server_gateway() {
+        let src = DateTime::from(1_767_323_045_123_456_000i64 / 100 + 116_444_736_000_000_000);
+        let srv = DateTime::from(1_767_323_046_000_000_000i64 / 100 + 116_444_736_000_000_000);
+        let both = DataValue {
+            source_timestamp: Some(src),
+            server_timestamp: Some(srv),
+            ..DataValue::default()
+        };
+        assert_eq!(
+            timestamp(&both, TimestampSource::Source, 7),
+            1_767_323_045_123_456_000
+        );
+        assert_eq!(
+            timestamp(&both, TimestampSource::Server, 7),
+            1_767_323_046_000_000_000
+        );
+        assert_eq!(timestamp(&both, TimestampSource::Gateway, 7), 7);
+        let server_only = DataValue {
+            server_timestamp: Some(srv),
+            ..DataValue::default()
+        };
+        assert_eq!(
+            timestamp(&server_only, TimestampSource::Source, 7),
+            1_767_323_046_000_000_000
+        );
+        // A null or pre-1970 time is no time: the next clock is used.
+        let null = DataValue {
+            source_timestamp: Some(DateTime::null()),
+            ..DataValue::default()
+        };
+        assert_eq!(timestamp(&null, TimestampSource::Source, 7), 7);
+        let old = DataValue {
+            source_timestamp: Some(DateTime::from(1_000i64)),
+            ..DataValue::default()
+        };
+        assert_eq!(timestamp(&old, TimestampSource::Source, 7), 7);
+    }
+
+    #[test]
     fn writes_use_the_node_type() {
         let mut t = tag(DataType::Int16);
         t.access = config::Access::ReadWrite;
