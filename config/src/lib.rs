@@ -113,7 +113,7 @@ pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigEr
     }
     if let (Some(g), Some((src, _))) = (&gateway, &gsrc) {
         mqtt_client_ids(g, src, &mut devices, &mut errors);
-        opcua_defaults(g, &mut devices);
+        opcua_defaults(g, &mut devices, &mut errors);
     }
     match gateway {
         Some(gateway) if errors.is_empty() => Ok(Config {
@@ -128,13 +128,35 @@ pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigEr
 /// Gives OPC UA devices the gateway's defaults: the PKI directory
 /// `<data_dir>/pki/opcua` (one client certificate for the gateway, one
 /// trust list) and the application URI `urn:gateway-rust:<gateway_id>`.
-fn opcua_defaults(g: &GatewayConfig, devices: &mut [(DeviceConfig, Source)]) {
-    for (d, _) in devices.iter_mut() {
+///
+/// The client certificate in a PKI directory carries one application URI
+/// (the server checks it against the session's), so devices sharing a
+/// `pki_dir` must share `application_uri`.
+fn opcua_defaults(g: &GatewayConfig, devices: &mut [(DeviceConfig, Source)], errors: &mut Vec<ConfigError>) {
+    let mut uris: std::collections::HashMap<PathBuf, (String, String)> = std::collections::HashMap::new();
+    for (d, src) in devices.iter_mut() {
         if let DriverOptions::Opcua(o) = &mut d.driver {
-            o.pki_dir
-                .get_or_insert_with(|| g.data_dir.join("pki").join("opcua"));
-            o.application_uri
-                .get_or_insert_with(|| format!("urn:gateway-rust:{}", g.gateway_id));
+            let pki = o
+                .pki_dir
+                .get_or_insert_with(|| g.data_dir.join("pki").join("opcua"))
+                .clone();
+            let uri = o
+                .application_uri
+                .get_or_insert_with(|| format!("urn:gateway-rust:{}", g.gateway_id))
+                .clone();
+            match uris.get(&pki) {
+                Some((other_uri, other)) if *other_uri != uri => errors.push(src.error(
+                    "application_uri",
+                    format!(
+                        "{uri:?} differs from {other_uri:?} of device {other:?}, which shares pki_dir {}: one certificate has one application URI; use the same URI or another pki_dir",
+                        pki.display()
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    uris.insert(pki, (uri, d.name.clone()));
+                }
+            }
         }
     }
 }

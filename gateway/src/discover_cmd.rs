@@ -165,12 +165,23 @@ fn tag_name(v: &Variable) -> String {
             }
         })
         .collect();
-    let name: String = name.chars().take(120).collect();
+    // At most 120 bytes (tag names are limited to 128), on a char boundary,
+    // leaving room for a `_N` suffix.
+    let mut end = name.len().min(120);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let name = name[..end].trim().to_string();
     if name.is_empty() {
         v.node_id.clone()
     } else {
         name
     }
+}
+
+/// Text for a `#` comment: one line.
+fn comment(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 fn device_file(a: &OpcuaArgs, d: &OpcuaDevice, vars: &[Variable]) -> String {
@@ -200,12 +211,26 @@ fn device_file(a: &OpcuaArgs, d: &OpcuaDevice, vars: &[Variable]) -> String {
             let _ = writeln!(
                 out,
                 "\n# {} ({}): data type {} has no gateway equivalent",
-                v.path.join("/"),
-                v.node_id,
-                v.data_type_name
+                comment(&v.path.join("/")),
+                comment(&v.node_id),
+                comment(&v.data_type_name)
             );
             continue;
         };
+        // Tag addresses are at most 255 characters (seed tags.address), and
+        // a string id with edge whitespace would not survive parsing.
+        if v.node_id.chars().count() > 255
+            || config::NodeAddress::parse(&v.node_id).is_err()
+            || v.node_id.trim() != v.node_id
+        {
+            let _ = writeln!(
+                out,
+                "\n# {}: node id {} cannot be a tag address (too long or edge whitespace)",
+                comment(&v.path.join("/")),
+                comment(&v.node_id)
+            );
+            continue;
+        }
         let base = tag_name(v);
         let mut name = base.clone();
         let mut n = 2;

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use config::{OpcuaDevice, SecurityMode};
 use futures::StreamExt;
-use opcua::client::{Client, ClientBuilder, ClientEndpoint, IdentityToken, Session, SessionPollResult};
+use opcua::client::{
+    Client, ClientBuilder, ClientEndpoint, IdentityToken, Session, SessionActivity, SessionPollResult,
+    SubscriptionActivity,
+};
 use opcua::types::{EndpointDescription, MessageSecurityMode, StatusCode};
 use tokio::sync::mpsc;
 
@@ -88,9 +91,10 @@ static PKI_LOCK: Mutex<()> = Mutex::new(());
 /// `timeout` bounds every request.
 ///
 /// A publish request waits at the server until a notification or a
-/// keep-alive is due, up to `max_publishing_interval` for the slowest
-/// subscription: it is given that long twice over, plus `timeout`, so a
-/// long scan rate never times out its own publish requests.
+/// keep-alive is due: it is given three times the longer of the slowest
+/// subscription's publishing interval and `keep_alive_interval`, plus
+/// `timeout` (at least 60 s), so a long scan rate never times out its own
+/// publish requests.
 pub fn build(
     name: &str,
     url: &str,
@@ -98,8 +102,12 @@ pub fn build(
     max_publishing_interval: Duration,
     o: &OpcuaDevice,
 ) -> Result<Client, String> {
+    // The library keeps two Publish requests outstanding per subscription;
+    // on a quiet one each waits for the server's keep-alive, which comes
+    // every max(keep_alive_interval, publishing interval).
     let publish_timeout = max_publishing_interval
-        .saturating_mul(2)
+        .max(o.keep_alive_interval)
+        .saturating_mul(3)
         .saturating_add(timeout)
         .max(Duration::from_secs(60));
     let pki = o
@@ -140,6 +148,13 @@ pub fn build(
         // that do not cap them; 64 MiB in 64 KiB chunks at most.
         .max_message_size(64 << 20)
         .max_chunk_count(1024)
+        // Arrays (a notification list, an array value), strings and byte
+        // strings within that budget; the defaults (1000 elements, 64 KiB)
+        // would drop the connection on every larger response, again on
+        // every reconnect.
+        .max_array_length(1 << 22)
+        .max_string_length(16 << 20)
+        .max_byte_string_length(16 << 20)
         .session_name(format!("gateway-rust:{name}"))
         .session_timeout(session_timeout)
         .client()
@@ -216,10 +231,11 @@ pub async fn connect(
     let eps = endpoints(client, url, timeout).await?;
     let policy = o.security_policy.uri();
     let mode = message_security_mode(o.mode_of_security());
-    if !eps
+    let Some(mut endpoint) = eps
         .iter()
-        .any(|e| e.security_policy_uri.as_ref() == policy && e.security_mode == mode)
-    {
+        .find(|e| e.security_policy_uri.as_ref() == policy && e.security_mode == mode)
+        .cloned()
+    else {
         let offered: Vec<String> = eps
             .iter()
             .map(|e| {
@@ -239,11 +255,13 @@ pub async fn connect(
                 offered.join(", ")
             ),
         ));
-    }
+    };
+    // The configured URL, not the one the server advertises: behind NAT or
+    // a port mapping the advertised host, port or path is not reachable.
+    endpoint.endpoint_url = url.into();
     let (session, event_loop) = client
         .session_builder()
-        .with_endpoints(eps)
-        .connect_to_matching_endpoint((url, policy, mode))
+        .connect_to_endpoint_directly(endpoint)
         .and_then(|b| {
             b.user_identity_token(identity)
                 .build(client.certificate_store().clone())
@@ -301,16 +319,22 @@ pub async fn connect(
         // Drives the session (publish requests, keep-alives) until the
         // connection is lost; the stream is dropped then, so the library
         // makes no reconnect attempt of its own.
+        // When the library closes the session itself (failed keep-alives,
+        // a fatal publish error) the transport ends with Good: report the
+        // cause instead.
+        let mut cause = StatusCode::BadConnectionClosed;
         while let Some(r) = stream.next().await {
             match r {
                 Ok(SessionPollResult::ConnectionLost(code)) | Err(code) => {
-                    let _ = tx.send(code);
+                    let _ = tx.send(if code.is_bad() { code } else { cause });
                     return;
                 }
+                Ok(SessionPollResult::SessionActivity(SessionActivity::KeepAliveFailed(c)))
+                | Ok(SessionPollResult::Subscription(SubscriptionActivity::FatalFailure(c))) => cause = c,
                 Ok(_) => {}
             }
         }
-        let _ = tx.send(StatusCode::BadConnectionClosed);
+        let _ = tx.send(cause);
     });
     Ok(Connection { session, lost, task })
 }

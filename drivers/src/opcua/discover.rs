@@ -235,7 +235,8 @@ async fn walk(session: &Session, o: &BrowseOptions) -> Result<Vec<Variable>, Str
     }
     // DataType, ValueRank and UserAccessLevel of each variable.
     let mut out = Vec::with_capacity(found.len());
-    for chunk in found.chunks(300) {
+    // 100 variables × 3 attributes per Read: within common MaxNodesPerRead limits.
+    for chunk in found.chunks(100) {
         let ids: Vec<ReadValueId> = chunk
             .iter()
             .flat_map(|(n, _, _)| {

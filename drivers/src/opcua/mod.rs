@@ -50,6 +50,7 @@ pub mod plan;
 pub mod value;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,10 +91,17 @@ enum Notice {
 /// message becomes one frame.
 struct Notifier {
     tx: mpsc::UnboundedSender<Notice>,
+    /// When the subscription last sent anything (data or keep-alive), in
+    /// ms since `epoch`: a subscription the server dropped without a word
+    /// goes quiet, and the session is replaced (see `Driver::session`).
+    last_message: Arc<AtomicU64>,
+    epoch: std::time::Instant,
 }
 
 impl OnSubscriptionNotificationCore for Notifier {
     fn on_subscription_notification(&mut self, n: NotificationMessage, _items: MonitoredItemMap<'_>) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_message.store(ms, Ordering::Relaxed);
         let mut values = Vec::new();
         for obj in n.notification_data.into_iter().flatten() {
             if obj.inner_is::<DataChangeNotification>() {
@@ -192,20 +200,44 @@ pub async fn run<H: DriverHost>(
     let mut writes = writes.lock_owned().await;
     let mut pipeline = Pipeline::new(host);
     let mut failures = 0u32;
+    let connect_opts = d.opts.clone();
     loop {
         if *shutdown.borrow() {
             break;
         }
-        let attempt = tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            r = client::connect(&client, &d.device.endpoint, d.device.timeout, &d.opts, identity.clone()) => r,
+        let attempt = {
+            let connecting = client::connect(
+                &client,
+                &device.endpoint,
+                device.timeout,
+                &connect_opts,
+                identity.clone(),
+            );
+            tokio::pin!(connecting);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break None,
+                    // A write must not wait for a session that may take
+                    // several timeouts to open, and then run late.
+                    w = writes.recv(), if d.writes_open => d.refuse_write(w),
+                    r = &mut connecting => break Some(r),
+                }
+            }
         };
+        let Some(attempt) = attempt else { break };
         let reason = match attempt {
             Ok(conn) => {
                 d.host.opcua(OpcuaStat::SessionAttempt { ok: true });
                 match d.session(conn, &mut pipeline, &mut shutdown, &mut writes).await? {
-                    End::Shutdown => break,
+                    End::Shutdown => {
+                        d.host.opcua(OpcuaStat::SessionUp(false));
+                        d.host.opcua(OpcuaStat::Items {
+                            subscriptions: 0,
+                            monitored_items: 0,
+                        });
+                        break;
+                    }
                     End::Lost(code, why) => {
                         // A session that never got its subscriptions up
                         // backs off like a failed attempt.
@@ -250,17 +282,7 @@ pub async fn run<H: DriverHost>(
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                w = writes.recv(), if d.writes_open => match w {
-                    Some(w) => {
-                        let _ = w.reply.send(WriteResult::failed(
-                            WriteStatus::Connection,
-                            value::code(StatusCode::BadNotConnected),
-                            format!("no session with {}", d.device.endpoint),
-                        ));
-                    }
-                    // No sender left: nobody can ask for writes any more.
-                    None => d.writes_open = false,
-                },
+                w = writes.recv(), if d.writes_open => d.refuse_write(w),
                 _ = tokio::time::sleep_until(until) => break,
             }
         }
@@ -269,6 +291,34 @@ pub async fn run<H: DriverHost>(
 }
 
 impl<H: DriverHost> Driver<H> {
+    /// Answers a write that arrives without a session.
+    fn refuse_write(&mut self, w: Option<WriteRequest>) {
+        match w {
+            Some(w) => {
+                let _ = w.reply.send(WriteResult::failed(
+                    WriteStatus::Connection,
+                    value::code(StatusCode::BadNotConnected),
+                    format!("no session with {}", self.device.endpoint),
+                ));
+            }
+            // No sender left: nobody can ask for writes any more.
+            None => self.writes_open = false,
+        }
+    }
+
+    /// A BAD sample the gateway makes itself (lost session, refused item,
+    /// failed Read). It goes through the tag's deadband like any sample,
+    /// so the deadband knows the tag went BAD and admits the next good
+    /// value, whatever it is.
+    fn failed(&mut self, tag: usize, code: StatusCode, ts: u64) -> Option<Sample> {
+        let t = self.device.tags.get(tag)?;
+        let s = sample::failed(t, value::code(code), ts);
+        if let Some(db) = self.deadbands.get_mut(tag) {
+            db.admit(t, &s);
+        }
+        Some(s)
+    }
+
     /// Publishes a status change. An `Error` whose reason changed (a fixed
     /// trust list, then a wrong password) is published again.
     async fn set_status(
@@ -316,13 +366,12 @@ impl<H: DriverHost> Driver<H> {
             StatusCode::BadNotConnected
         };
         let ts = now_ns();
-        let mut samples = Vec::new();
-        for h in self.items.keys() {
-            if let Some(tag) = self.device.tags.get(*h as usize - 1) {
-                samples.push(sample::failed(tag, value::code(code), ts));
-            }
-        }
-        samples.sort_by(|a, b| a.tag.cmp(&b.tag));
+        let mut tags: Vec<usize> = self.items.values().map(|i| i.tag).collect();
+        tags.sort_unstable();
+        let samples: Vec<Sample> = tags
+            .into_iter()
+            .filter_map(|t| self.failed(t, code, ts))
+            .collect();
         self.set_status(LinkStatus::Offline, why, pipeline).await?;
         let report = PollReport {
             errors: vec![PollError {
@@ -372,12 +421,34 @@ impl<H: DriverHost> Driver<H> {
         let ts = now_ns();
         let mut monitored = 0usize;
         let subscriptions = self.plan.subscriptions.clone();
+        // Per subscription: when it last sent anything, and how long it may
+        // stay quiet.
+        let epoch = std::time::Instant::now();
+        let mut alive: Vec<(Arc<AtomicU64>, u64)> = Vec::new();
         for g in &subscriptions {
+            if *shutdown.borrow() {
+                conn.close(timeout).await;
+                return Ok(End::Shutdown);
+            }
+            let last = Arc::new(AtomicU64::new(0));
+            let notifier = Notifier {
+                tx: tx.clone(),
+                last_message: last.clone(),
+                epoch,
+            };
             match self
-                .subscribe(&session, g, &node, tx.clone(), &mut refused, ts)
+                .subscribe(&session, g, &node, notifier, &mut refused, ts)
                 .await
             {
-                Ok(n) => monitored += n,
+                Ok((n, keep_alive)) => {
+                    monitored += n;
+                    let quiet = keep_alive.saturating_mul(3).saturating_add(timeout);
+                    last.store(
+                        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
+                    alive.push((last, u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX)));
+                }
                 Err((code, why)) => {
                     conn.close(timeout).await;
                     return Ok(End::Lost(code, why));
@@ -403,17 +474,19 @@ impl<H: DriverHost> Driver<H> {
         let mut next: Vec<Instant> = vec![start; polls.len()];
         // Poll-only devices have no subscription, so no notice sender.
         let mut notices_open = !subscriptions.is_empty();
-        loop {
+        let mut liveness = tokio::time::interval(self.opts.keep_alive_interval);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
             let due = (0..polls.len()).min_by_key(|&i| next[i]);
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
                     conn.close(timeout).await;
-                    return Ok(End::Shutdown);
+                    break End::Shutdown;
                 }
                 code = conn.lost.recv() => {
                     let code = code.unwrap_or(StatusCode::BadConnectionClosed);
-                    return Ok(End::Lost(code, format!("connection lost: {code}")));
+                    break End::Lost(code, format!("connection lost: {code}"));
                 }
                 n = notices.recv(), if notices_open => match n {
                     Some(Notice::Data(values)) => self.notification(values, pipeline).await?,
@@ -421,9 +494,22 @@ impl<H: DriverHost> Driver<H> {
                         // The server dropped a subscription: start over, so
                         // every subscription exists again.
                         conn.close(timeout).await;
-                        return Ok(End::Lost(code, format!("the server ended a subscription: {code}")));
+                        break End::Lost(code, format!("the server ended a subscription: {code}"));
                     }
                     None => notices_open = false,
+                },
+                _ = liveness.tick(), if !alive.is_empty() => {
+                    let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    if let Some((_, quiet)) = alive.iter().find(|(last, quiet)| now.saturating_sub(last.load(Ordering::Relaxed)) > *quiet) {
+                        // Neither data nor a keep-alive for three keep-alive
+                        // periods: the server dropped the subscription
+                        // without telling (or publishing broke).
+                        conn.close(timeout).await;
+                        break End::Lost(
+                            StatusCode::BadNoSubscription,
+                            format!("a subscription sent nothing for {} ms", quiet),
+                        );
+                    }
                 },
                 w = writes.recv(), if self.writes_open => match w {
                     Some(w) => {
@@ -437,25 +523,34 @@ impl<H: DriverHost> Driver<H> {
                     let skipped = reschedule(&mut next[i], polls[i].interval);
                     if let Err((code, why)) = self.poll(&session, &polls[i], &node, skipped, pipeline).await? {
                         conn.close(timeout).await;
-                        return Ok(End::Lost(code, why));
+                        break End::Lost(code, why);
                     }
                 }
             }
+        };
+        // Notifications already received were acknowledged to the server by
+        // the library: publish them before the session is gone.
+        while let Ok(n) = notices.try_recv() {
+            if let Notice::Data(values) = n {
+                self.notification(values, pipeline).await?;
+            }
         }
+        Ok(end)
     }
 
     /// Creates the subscription of `g` and its monitored items; returns how
-    /// many items the server accepted. Refused items add a BAD sample to
-    /// `refused`. A failed service call fails the session.
+    /// many items the server accepted and the keep-alive period asked for.
+    /// Refused items add a BAD sample to `refused`. A failed service call
+    /// fails the session.
     async fn subscribe(
         &mut self,
         session: &opcua::client::Session,
         g: &Group,
         node: &impl Fn(&Item) -> Option<NodeId>,
-        tx: mpsc::UnboundedSender<Notice>,
+        notifier: Notifier,
         refused: &mut Vec<Sample>,
         ts: u64,
-    ) -> Result<usize, (StatusCode, String)> {
+    ) -> Result<(usize, Duration), (StatusCode, String)> {
         let p = g.interval.max(Duration::from_millis(1));
         let ka = self.opts.keep_alive_interval;
         // The server sends a keep-alive at least every keep_alive_interval,
@@ -467,11 +562,23 @@ impl<H: DriverHost> Driver<H> {
             .max(ka_count.saturating_mul(3));
         let id = tokio::time::timeout(
             self.device.timeout,
-            session.create_subscription(p, life, ka_count, 0, 0, true, Notifier { tx }),
+            // At most 10 000 notifications per Publish response.
+            session.create_subscription(p, life, ka_count, 10_000, 0, true, notifier),
         )
         .await
         .map_err(|_| (StatusCode::BadTimeout, "CreateSubscription timed out".to_string()))?
         .map_err(|e| (e.status(), format!("CreateSubscription ({p:?}) failed: {e}")))?;
+        // The keep-alive period the server granted (it may revise both).
+        let keep_alive = session
+            .subscription_state()
+            .lock()
+            .get(id)
+            .map(|s| {
+                s.publishing_interval()
+                    .saturating_mul(s.max_keep_alive_count().max(1))
+            })
+            .unwrap_or(p.saturating_mul(ka_count))
+            .max(p.saturating_mul(ka_count));
         let mut accepted = 0;
         for chunk in g.items.chunks(self.opts.max_items_per_request.max(1) as usize) {
             let mut requests = Vec::with_capacity(chunk.len());
@@ -486,7 +593,7 @@ impl<H: DriverHost> Driver<H> {
                         tag = tag.name,
                         "namespace URI unknown to the server"
                     );
-                    refused.push(sample::failed(tag, value::code(StatusCode::BadNodeIdUnknown), ts));
+                    refused.extend(self.failed(it.tag, StatusCode::BadNodeIdUnknown, ts));
                     continue;
                 };
                 let filter = match it.deadband {
@@ -540,14 +647,14 @@ impl<H: DriverHost> Driver<H> {
                 if code.is_bad() {
                     if let Some(tag) = self.device.tags.get(*t) {
                         tracing::warn!(device = self.device.name, tag = tag.name, address = tag.address, %code, "monitored item refused");
-                        refused.push(sample::failed(tag, value::code(code), ts));
+                        refused.extend(self.failed(*t, code, ts));
                     }
                 } else {
                     accepted += 1;
                 }
             }
         }
-        Ok(accepted)
+        Ok((accepted, keep_alive))
     }
 
     /// One notification message → one frame.
@@ -615,7 +722,18 @@ impl<H: DriverHost> Driver<H> {
         let mut suppressed = 0u32;
         let mut bad = 0u64;
         let mut end = None;
+        // After a Read timed out, the rest of the scan fails fast with the
+        // same code (a half-open connection must not cost chunks × timeout
+        // per scan; the keep-alive replaces the session if it is dead).
+        let mut timed_out = false;
         for chunk in g.items.chunks(self.opts.max_nodes_per_read.max(1) as usize) {
+            if timed_out {
+                let now = now_ns();
+                for it in chunk {
+                    samples.extend(self.failed(it.tag, StatusCode::BadTimeout, now));
+                }
+                continue;
+            }
             let mut ids = Vec::with_capacity(chunk.len());
             let mut read = Vec::with_capacity(chunk.len());
             for it in chunk {
@@ -624,15 +742,7 @@ impl<H: DriverHost> Driver<H> {
                         ids.push(read_value_id(n));
                         read.push(it);
                     }
-                    None => {
-                        if let Some(tag) = self.device.tags.get(it.tag) {
-                            samples.push(sample::failed(
-                                tag,
-                                value::code(StatusCode::BadNodeIdUnknown),
-                                now_ns(),
-                            ));
-                        }
-                    }
+                    None => samples.extend(self.failed(it.tag, StatusCode::BadNodeIdUnknown, now_ns())),
                 }
             }
             if ids.is_empty() {
@@ -690,12 +800,11 @@ impl<H: DriverHost> Driver<H> {
                         code: value::code(code),
                     });
                     for it in &read {
-                        if let Some(tag) = self.device.tags.get(it.tag) {
-                            samples.push(sample::failed(tag, value::code(code), now));
-                        }
+                        samples.extend(self.failed(it.tag, code, now));
                     }
                     // A session the server no longer knows, or a dead
                     // connection, is replaced; anything else is this scan's.
+                    timed_out = code == StatusCode::BadTimeout;
                     let name = code.sub_code().name();
                     if name.contains("Session")
                         || name.contains("Connection")
@@ -756,7 +865,39 @@ impl<H: DriverHost> Driver<H> {
                 "namespace URI unknown to the server",
             );
         };
-        let variant = match value::variant_for_write(tag, &w.value) {
+        // Written in the node's own type (an Int64 tag may read an Int32
+        // node): its DataType attribute, read first; the tag's type when
+        // the server does not say or it is not a built-in type.
+        let node_type = tokio::time::timeout(
+            self.device.timeout,
+            session.read(
+                &[ReadValueId {
+                    attribute_id: AttributeId::DataType as u32,
+                    ..read_value_id(node_id.clone())
+                }],
+                TimestampsToReturn::Neither,
+                0.0,
+            ),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|v| match v.into_iter().next()?.value? {
+            opcua::types::Variant::NodeId(n) => discover::data_type(&n),
+            _ => None,
+        });
+        let as_node;
+        let target = match node_type {
+            Some(dt) if dt != tag.data_type => {
+                as_node = config::TagConfig {
+                    data_type: dt,
+                    ..tag.clone()
+                };
+                &as_node
+            }
+            _ => tag,
+        };
+        let variant = match value::variant_for_write(target, &w.value) {
             Ok(v) => v,
             Err(m) => return rejected(m),
         };

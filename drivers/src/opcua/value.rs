@@ -1,7 +1,8 @@
 //! OPC UA values to samples and back.
 //!
 //! - Status: Good → GOOD; Uncertain → UNCERTAIN with the value kept; Bad →
-//!   BAD without a value. `error_code` holds the 32-bit StatusCode
+//!   BAD without a value. A Good code with info bits (Overflow: the
+//!   server's queue dropped values) stays GOOD with the code kept. `error_code` holds the 32-bit StatusCode
 //!   reinterpreted as `i32` (so Bad codes are negative, Uncertain codes
 //!   positive, Good 0); errors the gateway detects itself are given the
 //!   matching OPC UA code (`BadTypeMismatch`, `BadOutOfRange`, …).
@@ -86,6 +87,14 @@ pub fn samples(tag: &TagConfig, dv: DataValue, array_mode: ArrayMode, ts_ns: u64
         for s in &mut out {
             if s.quality == Quality::Good as i32 {
                 s.quality = Quality::Uncertain as i32;
+                s.error_code = code(status);
+            }
+        }
+    } else if status.bits() != 0 {
+        // Good with info bits (e.g. Overflow 0x480: the server's queue
+        // dropped values): the value is good, the code says what happened.
+        for s in &mut out {
+            if s.error_code == 0 {
                 s.error_code = code(status);
             }
         }
