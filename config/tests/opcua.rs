@@ -33,10 +33,17 @@ const DEVICE: &str = concat!(
 );
 
 fn load(gateway: &str, device: &str) -> Result<Config, ConfigErrors> {
+    load_two(gateway, device, None)
+}
+
+fn load_two(gateway: &str, device: &str, second: Option<&str>) -> Result<Config, ConfigErrors> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("devices")).unwrap();
     std::fs::write(dir.path().join("gateway.toml"), gateway).unwrap();
     std::fs::write(dir.path().join("devices/line1.toml"), device).unwrap();
+    if let Some(d) = second {
+        std::fs::write(dir.path().join("devices/line2.toml"), d).unwrap();
+    }
     let r = config::load_with_env(&dir.path().join("gateway.toml"), &|v| {
         (v == "PW").then(|| "s3cret".to_string())
     });
@@ -146,4 +153,26 @@ fn refusals_name_the_line_and_the_key() {
 
     let e = errors(&DEVICE.replace("data_type = \"Double\"", "data_type = \"String\""));
     expect(&e, "tags[0].deadband_type", 12, "needs a numeric data_type");
+}
+
+#[test]
+fn devices_sharing_a_pki_dir_share_the_application_uri() {
+    let second = DEVICE.replace("name = \"line1\"", "name = \"line2\"").replace(
+        "username = \"op\"",
+        "application_uri = \"urn:other\"\nusername = \"op\"",
+    );
+    let e = match load_two(GATEWAY, DEVICE, Some(&second)) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e,
+    };
+    assert!(
+        e.iter().any(|e| e.key == "application_uri"
+            && Path::new(&e.file).ends_with("line2.toml")
+            && e.line == Some(5)
+            && e.message.contains("device \"line1\"")),
+        "{e}"
+    );
+    // Its own pki_dir is fine.
+    let own = second.replace("application_uri", "pki_dir = \"pki2\"\napplication_uri");
+    assert!(load_two(GATEWAY, DEVICE, Some(&own)).is_ok());
 }

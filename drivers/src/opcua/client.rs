@@ -146,7 +146,9 @@ pub fn build(
         // The library's defaults (5 chunks, 327 675 bytes) refuse a
         // Publish response of a few thousand notifications from servers
         // that do not cap them; 64 MiB in 64 KiB chunks at most.
-        .max_message_size(64 << 20)
+        // (1024 chunks of the 65 535-byte default chunk size, so the two
+        // limits agree: servers warn when they do not).
+        .max_message_size(65_535 * 1024)
         .max_chunk_count(1024)
         // Arrays (a notification list, an array value), strings and byte
         // strings within that budget; the defaults (1000 elements, 64 KiB)

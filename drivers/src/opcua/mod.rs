@@ -40,9 +40,12 @@
 //! the next session's first notification of each item is its current value.
 //!
 //! # Writes
-//! `ReadWrite`/`Write` tags take commands: a Write service call with a
-//! value of the tag's `data_type` (inverse scaling applied); a Bad status
-//! is answered as `exception` with the status code.
+//! `ReadWrite`/`Write` tags take commands: a Write service call with the
+//! value in the node's own built-in type (its DataType attribute is read
+//! first; the tag's `data_type` when the server does not say), inverse
+//! scaling applied; a Bad status is answered as `exception` with the
+//! status code. Without a session, writes are answered at once
+//! (`connection`, BadNotConnected).
 
 pub mod client;
 pub mod discover;
@@ -657,6 +660,36 @@ impl<H: DriverHost> Driver<H> {
         Ok((accepted, keep_alive))
     }
 
+    /// The samples of one value of tag index `tag` that pass its deadband
+    /// (array elements always pass), appended to `out`; returns how many
+    /// the deadband withheld.
+    fn admit(
+        &mut self,
+        tag: usize,
+        array_mode: config::ArrayMode,
+        dv: DataValue,
+        now: u64,
+        out: &mut Vec<Sample>,
+    ) -> u32 {
+        let Some(t) = self.device.tags.get(tag) else {
+            return 0;
+        };
+        let ts = value::timestamp(&dv, self.opts.timestamp, now);
+        let mut withheld = 0;
+        for s in value::samples(t, dv, array_mode, ts) {
+            let pass = self
+                .deadbands
+                .get_mut(tag)
+                .is_none_or(|db| s.tag != t.name || db.admit(t, &s));
+            if pass {
+                out.push(s);
+            } else {
+                withheld += 1;
+            }
+        }
+        withheld
+    }
+
     /// One notification message → one frame.
     async fn notification(
         &mut self,
@@ -670,27 +703,12 @@ impl<H: DriverHost> Driver<H> {
         let mut suppressed = 0;
         let mut bad = 0u64;
         for (handle, dv) in values {
-            let (Some(item), Some(tag)) = (
-                self.items.get(&handle),
-                self.device.tags.get((handle as usize).wrapping_sub(1)),
-            ) else {
+            let Some(item) = self.items.get(&handle) else {
                 continue;
             };
-            if dv.status.is_some_and(|s| s.is_bad()) {
-                bad += 1;
-            }
-            let ts = value::timestamp(&dv, self.opts.timestamp, now);
-            for s in value::samples(tag, dv, item.array_mode, ts) {
-                let admit = self
-                    .deadbands
-                    .get_mut(item.tag)
-                    .is_none_or(|db| s.tag != tag.name || db.admit(tag, &s));
-                if admit {
-                    samples.push(s);
-                } else {
-                    suppressed += 1;
-                }
-            }
+            let (tag, array_mode) = (item.tag, item.array_mode);
+            bad += u64::from(dv.status.is_some_and(|s| s.is_bad()));
+            suppressed += self.admit(tag, array_mode, dv, now, &mut samples);
         }
         if bad > 0 {
             self.host.opcua(OpcuaStat::BadValues(bad));
@@ -774,24 +792,8 @@ impl<H: DriverHost> Driver<H> {
             match values {
                 Ok(values) => {
                     for (it, dv) in read.iter().zip(values) {
-                        let Some(tag) = self.device.tags.get(it.tag) else {
-                            continue;
-                        };
-                        if dv.status.is_some_and(|s| s.is_bad()) {
-                            bad += 1;
-                        }
-                        let ts = value::timestamp(&dv, self.opts.timestamp, now);
-                        for s in value::samples(tag, dv, it.array_mode, ts) {
-                            let admit = self
-                                .deadbands
-                                .get_mut(it.tag)
-                                .is_none_or(|db| s.tag != tag.name || db.admit(tag, &s));
-                            if admit {
-                                samples.push(s);
-                            } else {
-                                suppressed += 1;
-                            }
-                        }
+                        bad += u64::from(dv.status.is_some_and(|s| s.is_bad()));
+                        suppressed += self.admit(it.tag, it.array_mode, dv, now, &mut samples);
                     }
                 }
                 Err((code, kind, why)) => {

@@ -316,6 +316,10 @@ mod tests {
         assert_eq!(s[0].quality, Quality::Bad as i32);
         assert!(s[0].value.is_none());
         assert!(s[0].error_code < 0);
+        // Good with the Overflow info bit: GOOD, the code kept.
+        let overflow = StatusCode::from(0x0000_0480u32);
+        let s = samples(&t, dv(Variant::Double(1.0), overflow), ArrayMode::Json, 1);
+        assert_eq!((s[0].quality, s[0].error_code), (Quality::Good as i32, 0x480));
         let s = samples(
             &t,
             dv(Variant::String("x".into()), StatusCode::Good),
