@@ -477,6 +477,12 @@ fn server_restart_recreates_the_session_and_all_subscriptions() {
             "mode = \"poll\"\ndeadband = 1.0",
         ),
         tag("i32", "ns=2;s=Types/Int32", "Int32", "deadband = 5.0"),
+        tag(
+            "elems",
+            "ns=2;s=Types/Int32Array",
+            "Int32",
+            "array_mode = \"elements\"",
+        ),
     ];
     let demo = DemoDir::with_devices(&[device("plc", &head, &tags)]);
     let mut g = Gateway::start(&demo, &[]);
@@ -492,7 +498,7 @@ fn server_restart_recreates_the_session_and_all_subscriptions() {
     // One BAD sample per tag follows the Offline event.
     g.wait_until("BAD samples after the loss", LIMIT, |_| {
         let bad = latest_samples(&wal_frames(&demo.wal()), "plc");
-        ["counter", "sine", "double", "i32"]
+        ["counter", "sine", "double", "i32", "elems[0]", "elems[3]"]
             .iter()
             .all(|t| bad[*t]["quality"] == "BAD")
     });
@@ -511,7 +517,7 @@ fn server_restart_recreates_the_session_and_all_subscriptions() {
     // Both subscriptions (1 s and 500 ms) and the poll group deliver again.
     g.wait_until("fresh counter, sine and double values", LIMIT, |_| {
         let s = latest_samples(&wal_frames(&demo.wal()), "plc");
-        ["counter", "sine", "double", "i32"]
+        ["counter", "sine", "double", "i32", "elems[0]", "elems[3]"]
             .iter()
             .all(|t| s[*t]["quality"] == "GOOD")
             && series(&demo, "plc", "counter").len() > before + 5
@@ -524,7 +530,7 @@ fn server_restart_recreates_the_session_and_all_subscriptions() {
     let m = g.get("/metrics").unwrap().1;
     assert!(m.contains("gateway_opcua_subscriptions{device=\"plc\"} 2"), "{m}");
     assert!(
-        m.contains("gateway_opcua_monitored_items{device=\"plc\"} 3"),
+        m.contains("gateway_opcua_monitored_items{device=\"plc\"} 4"),
         "{m}"
     );
 }

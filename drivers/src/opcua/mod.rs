@@ -148,6 +148,8 @@ struct Driver<H: DriverHost> {
     reason: String,
     /// The write queue still has senders.
     writes_open: bool,
+    /// Per tag read as array elements: how many `tag[i]` it last published.
+    elements: HashMap<usize, usize>,
 }
 
 /// Runs one OPC UA device until shutdown.
@@ -199,6 +201,7 @@ pub async fn run<H: DriverHost>(
         status: None,
         reason: String::new(),
         writes_open: true,
+        elements: HashMap::new(),
     };
     let mut writes = writes.lock_owned().await;
     let mut pipeline = Pipeline::new(host);
@@ -313,13 +316,37 @@ impl<H: DriverHost> Driver<H> {
     /// failed Read). It goes through the tag's deadband like any sample,
     /// so the deadband knows the tag went BAD and admits the next good
     /// value, whatever it is.
-    fn failed(&mut self, tag: usize, code: StatusCode, ts: u64) -> Option<Sample> {
-        let t = self.device.tags.get(tag)?;
+    ///
+    /// A tag read as array elements that published elements before marks
+    /// each `tag[i]` BAD instead (those are the samples its consumers see).
+    fn failed(&mut self, tag: usize, code: StatusCode, ts: u64) -> Vec<Sample> {
+        let mut out = Vec::new();
+        if self.elements_bad(tag, 0, value::code(code), ts, &mut out) {
+            return out;
+        }
+        let Some(t) = self.device.tags.get(tag) else {
+            return out;
+        };
         let s = sample::failed(t, value::code(code), ts);
         if let Some(db) = self.deadbands.get_mut(tag) {
             db.admit(t, &s);
         }
-        Some(s)
+        out.push(s);
+        out
+    }
+
+    /// BAD samples for `tag[from..]` of an array tag, up to the number of
+    /// elements it last published; `false` when it published none.
+    fn elements_bad(&self, tag: usize, from: usize, code: i32, ts: u64, out: &mut Vec<Sample>) -> bool {
+        let (Some(t), Some(&had)) = (self.device.tags.get(tag), self.elements.get(&tag)) else {
+            return false;
+        };
+        for i in from..had {
+            let mut s = sample::failed(t, code, ts);
+            s.tag = format!("{}[{i}]", t.name);
+            out.push(s);
+        }
+        had > 0
     }
 
     /// Publishes a status change. An `Error` whose reason changed (a fixed
@@ -371,10 +398,7 @@ impl<H: DriverHost> Driver<H> {
         let ts = now_ns();
         let mut tags: Vec<usize> = self.items.values().map(|i| i.tag).collect();
         tags.sort_unstable();
-        let samples: Vec<Sample> = tags
-            .into_iter()
-            .filter_map(|t| self.failed(t, code, ts))
-            .collect();
+        let samples: Vec<Sample> = tags.into_iter().flat_map(|t| self.failed(t, code, ts)).collect();
         self.set_status(LinkStatus::Offline, why, pipeline).await?;
         let report = PollReport {
             errors: vec![PollError {
@@ -675,8 +699,26 @@ impl<H: DriverHost> Driver<H> {
             return 0;
         };
         let ts = value::timestamp(&dv, self.opts.timestamp, now);
+        let mut samples = value::samples(t, dv, array_mode, ts);
+        if array_mode == config::ArrayMode::Elements {
+            let elements = samples.iter().filter(|s| s.tag != t.name).count();
+            let mut gone = Vec::new();
+            if elements == 0 {
+                // The whole value is BAD: its elements are, with its code.
+                let code = samples.first().map_or(0, |s| s.error_code);
+                if self.elements_bad(tag, 0, code, ts, &mut gone) {
+                    samples = gone;
+                }
+            } else {
+                // Elements the array no longer has.
+                let code = value::code(StatusCode::BadNoData);
+                self.elements_bad(tag, elements, code, ts, &mut gone);
+                samples.extend(gone);
+                self.elements.insert(tag, elements);
+            }
+        }
         let mut withheld = 0;
-        for s in value::samples(t, dv, array_mode, ts) {
+        for s in samples {
             let pass = self
                 .deadbands
                 .get_mut(tag)
