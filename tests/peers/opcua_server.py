@@ -39,10 +39,12 @@ Output
 ------
 stdout carries exactly one line, ``READY <port>``, once the server listens.
 Diagnostics go to stderr.  SIGTERM or SIGINT stop the server with exit code 0.
+SIGUSR1 silently drops every client subscription (see "Losing subscriptions"
+below).
 
 State file::
 
-    {"sessions_created": N, "sessions_active": M,
+    {"sessions_created": N, "sessions_active": M, "subscriptions_dropped": K,
      "writes": [{"node": "ns=2;s=Control/Setpoint", "value": 12.5, "type": "Double"}, ...],
      "identities": ["alice", "cert:operator-1", "anonymous", ...]}
 
@@ -56,7 +58,32 @@ every successful client write of a Value attribute, in order.
 user name of a username login, ``cert:<CN>`` (the subject's commonName, or
 the whole subject as RFC 4514 string if it has none) of an X.509 user
 certificate login, ``anonymous`` of an anonymous login.  Refused
-activations add nothing.
+activations add nothing.  ``subscriptions_dropped`` counts the SIGUSR1
+signals handled (also those that found no subscription to drop).
+
+Losing subscriptions (SIGUSR1)
+------------------------------
+On SIGUSR1 the server forgets every client subscription of every session,
+the way a server that silently loses its subscriptions does: each one is
+removed from asyncua's SubscriptionService, its publishing loop is cancelled,
+its monitored items and queued notifications are deleted.  Nothing tells the
+client: no StatusChangeNotification, no error on any other request; the
+sessions and connections stay open and usable (Read, Write, Browse, ... work
+as before; CreateSubscription creates a new working subscription, with a new
+SubscriptionId).  Requests that name a dropped subscription are answered as
+for an unknown one (asyncua: DeleteSubscriptions, ModifySubscription,
+CreateMonitoredItems ... BadSubscriptionIdInvalid).
+
+Publish requests of a session that lost its subscriptions are answered the
+way the spec wants for a session without subscriptions: a ServiceFault
+BadNoSubscription, at once (asyncua itself would keep them unanswered).
+This applies to the Publish requests the server holds at the moment of the
+drop (those not yet past their TimeoutHint) and to every later Publish request
+while the session has no subscription; once the session creates a new one,
+its Publish requests are queued and answered with data as usual.  So no
+Publish request is ever answered with data of a dropped subscription, and a
+client that stops publishing on BadNoSubscription (asyncua, async-opcua)
+stays connected but receives nothing until it creates a subscription again.
 
 X.509 user identity
 -------------------
@@ -142,6 +169,7 @@ import math
 import os
 import signal
 import sys
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -154,6 +182,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.internal_subscription import InternalSubscription
 from asyncua.server.monitored_item_service import MonitoredItemService
 from asyncua.server.subscription_service import SubscriptionService
+from asyncua.server.uaprocessor import UaProcessor
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -217,7 +246,8 @@ def node_id(ident, ns: int) -> ua.NodeId:
 class State:
     def __init__(self, path: str):
         self.path = path
-        self.data = {"sessions_created": 0, "sessions_active": 0, "writes": [], "identities": []}
+        self.data = {"sessions_created": 0, "sessions_active": 0, "subscriptions_dropped": 0, "writes": [],
+                     "identities": []}
         self.save()
 
     def save(self) -> None:
@@ -412,6 +442,119 @@ def patch_deadband() -> None:
 
     MonitoredItemService._create_data_change_monitored_item = create_item
     MonitoredItemService.datachange_callback = datachange_callback
+
+
+# --------------------------------------------------------------------------
+# Losing subscriptions (SIGUSR1)
+# --------------------------------------------------------------------------
+PUBLISH_REQUEST = ua.NodeId(ua.ObjectIds.PublishRequest_Encoding_DefaultBinary)
+
+
+async def never_publish(requestdata=None) -> bool:
+    """InternalSubscription.publish_results of a dropped subscription: sends
+    nothing and never takes a Publish request (False: `requestdata` unused)."""
+    return False
+
+
+def silence_subscription(sub: InternalSubscription) -> None:
+    """Stop a client subscription for good, without a word to the client.
+
+    What InternalSubscription.stop() does, done synchronously (the signal
+    handler runs between two steps of the other tasks, so no data-change
+    callback or publishing pass is half done): cancel the publishing loop
+    (it is suspended in its sleep, so it sends nothing more), delete the
+    monitored items (their data-change callbacks leave the address space).
+    Also empty the queues and replace publish_results, so that nothing that
+    still holds a reference (UaProcessor's table of subscriptions waiting for
+    a Publish request, a publishing interval of 0 without loop) can send data
+    or take a Publish request.  No StatusChangeNotification is queued.
+    """
+    sub._closing = True  # noqa: SLF001 (asyncua internals, pinned version)
+    if sub._task is not None:  # noqa: SLF001
+        sub._task.cancel()  # noqa: SLF001
+        sub._task = None  # noqa: SLF001
+    sub.monitored_item_srv.delete_all_monitored_items()
+    sub._triggered_datachanges.clear()  # noqa: SLF001
+    sub._triggered_events.clear()  # noqa: SLF001
+    sub._triggered_statuschanges.clear()  # noqa: SLF001
+    sub._not_acknowledged_results.clear()  # noqa: SLF001
+    sub.publish_results = never_publish
+
+
+def session_has_subscription(processor: UaProcessor) -> bool:
+    session = processor.session
+    service = processor.iserver.subscription_service
+    return session is not None and any(sub.session_id == session.session_id for sub in service.subscriptions.values())
+
+
+def answer_orphan_publishes(processor: UaProcessor) -> int:
+    """Answer the Publish requests `processor` holds with BadNoSubscription when
+    its session has no subscription (see "Losing subscriptions").  Requests
+    past their TimeoutHint are discarded unanswered, as asyncua's
+    UaProcessor.get_publish_request does.  Returns the number answered."""
+    if session_has_subscription(processor):
+        return 0
+    queued = processor._publish_requests  # noqa: SLF001 -- deque of PublishRequestData
+    answered = 0
+    now = time.monotonic()
+    while queued:
+        data = queued.popleft()
+        hint = data.requesthdr.TimeoutHint
+        if hint and now - data.timestamp >= hint / 1000:
+            continue
+        response = ua.ServiceFault()
+        response.ResponseHeader.ServiceResult = ua.StatusCode(ua.StatusCodes.BadNoSubscription)
+        processor.send_response(data.requesthdr.RequestHandle, data.seqhdr, response)
+        answered += 1
+    return answered
+
+
+def patch_publish_without_subscription() -> None:
+    """BadNoSubscription for Publish requests of a session that lost its subscriptions.
+
+    Wraps UaProcessor._process_message: asyncua handles the Publish request
+    first (session and permission checks, acknowledgements, handing it to a
+    subscription waiting for one, else queueing it in _publish_requests);
+    if the connection's session lost its subscriptions to a SIGUSR1 and has
+    none now, the queued request is answered with BadNoSubscription instead.
+    Connections that never lost a subscription behave as in asyncua.
+    """
+    process = UaProcessor._process_message  # noqa: SLF001
+
+    async def process_message(self, typeid, requesthdr, seqhdr, body):
+        result = await process(self, typeid, requesthdr, seqhdr, body)
+        if typeid == PUBLISH_REQUEST and getattr(self, "subscriptions_dropped", False):
+            answer_orphan_publishes(self)
+        return result
+
+    UaProcessor._process_message = process_message  # noqa: SLF001
+
+
+def drop_subscriptions(server: Server, state: State) -> None:
+    """SIGUSR1: forget every client subscription (see "Losing subscriptions")."""
+    service = server.iserver.subscription_service
+    sessions = set()
+    dropped = []
+    for sub_id, sub in list(service.subscriptions.items()):
+        if sub.pub_request_callback is None:  # a server-internal subscription (no Publish requests)
+            continue
+        del service.subscriptions[sub_id]
+        silence_subscription(sub)
+        sessions.add(sub.session_id)
+        dropped.append(sub_id)
+    answered = 0
+    for protocol in list(server.bserver.clients) if server.bserver else []:
+        processor = protocol.processor
+        if processor is None or processor.session is None or processor.session.session_id not in sessions:
+            continue
+        processor.subscriptions_dropped = True
+        for sub_id in dropped:  # subscriptions that waited for a Publish request of this connection
+            processor._publish_results_subs.pop(sub_id, None)  # noqa: SLF001
+        answered += answer_orphan_publishes(processor)
+    state.data["subscriptions_dropped"] += 1
+    state.save()
+    warn(f"SIGUSR1: dropped {len(dropped)} subscriptions of {len(sessions)} sessions, "
+         f"answered {answered} pending Publish requests with BadNoSubscription")
 
 
 # --------------------------------------------------------------------------
@@ -746,6 +889,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> int:
     patch_deadband()
     patch_publish_limit()
+    patch_publish_without_subscription()
     state = State(args.state)
     server, dynamic = await build(args, state)
     gc.freeze()  # see "Timing" in the module doc
@@ -753,6 +897,7 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGUSR1, drop_subscriptions, server, state)
     try:
         await server.start()
     except OSError as exc:

@@ -801,3 +801,45 @@ fn configured_url_behind_a_port_forward_and_a_cut_network() {
     drop(g);
     cut(socat);
 }
+
+/// A server that drops its subscriptions without a word (no
+/// StatusChangeNotification, the session and the connection stay up —
+/// the "connected but silent" failure): the driver notices that the
+/// subscription sends neither data nor keep-alives, replaces the session
+/// and re-creates the subscription, and values flow again.
+#[test]
+fn a_silently_dropped_subscription_is_detected_and_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = OpcuaServer::asyncua(dir.path(), &["--period", "0.1"]);
+    let head = format!(
+        "protocol = \"opcua\"\nendpoint = \"{}\"\nscan_interval = \"200ms\"\ntimeout = \"1s\"\n\
+         retry_interval = \"200ms\"\nmax_retry_interval = \"1s\"\nkeep_alive_interval = \"1s\"\nsession_timeout = \"10s\"",
+        server.url
+    );
+    let demo = DemoDir::with_devices(&[device(
+        "quiet",
+        &head,
+        &[tag("counter", "ns=2;s=Dynamic/Counter", "UInt32", "")],
+    )]);
+    let mut g = Gateway::start(&demo, &[]);
+    g.wait_until("counter values", LIMIT, |_| {
+        series(&demo, "quiet", "counter").len() >= 5
+    });
+    assert_eq!(server.sessions_created(), 1);
+    server.signal(libc::SIGUSR1);
+    g.wait_until("the subscription dropped on the server", LIMIT, |_| {
+        server.state()["subscriptions_dropped"] == 1
+    });
+    g.wait_until("the silence noticed", LIMIT, |_| {
+        status_events(&demo, "quiet")
+            .iter()
+            .any(|e| e.0 == "Offline" && e.1.contains("sent nothing"))
+    });
+    let n = series(&demo, "quiet", "counter").len();
+    g.wait_until("values again from a new session", LIMIT, |_| {
+        series(&demo, "quiet", "counter").len() > n + 5
+            && latest_samples(&wal_frames(&demo.wal()), "quiet")["counter"]["quality"] == "GOOD"
+    });
+    assert_eq!(server.sessions_created(), 2, "one new session");
+    assert_eq!(device_status(&g, "quiet")["status"], "Online");
+}

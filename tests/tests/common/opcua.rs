@@ -132,6 +132,17 @@ impl OpcuaServer {
         }
     }
 
+    /// Sends `sig` to the server process (`SIGUSR1`: the asyncua peer
+    /// drops every subscription without a word).
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     /// Starts the same server again (same port, certificate and options).
     pub fn restart(&mut self) {
         self.kill();
