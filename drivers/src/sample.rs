@@ -4,6 +4,13 @@
 use config::{DataType, TagConfig};
 use proto::{value::Kind, Quality, Sample, Value};
 
+/// The gateway clock: nanoseconds since the Unix epoch (0 before 1970).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// A value as read from the device, before scaling.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Raw {

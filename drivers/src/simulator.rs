@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::f64::consts::TAU;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use config::{ConstantValue, DeviceConfig, DriverOptions, Generator, TagConfig, TagOptions};
 use proto::Sample;
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::pipeline::Pipeline;
-use crate::sample::{self, Deadband, Raw};
+use crate::sample::{self, now_ns, Deadband, Raw};
 use crate::write::{WriteQueue, WriteResult, WriteStatus};
 use crate::{DriverError, DriverHost, ErrorKind, PollError, PollReport};
 
@@ -42,12 +42,6 @@ struct Group {
     /// Ticks skipped after the last poll overran, reported with the next.
     skipped: u32,
     tags: Vec<TagState>,
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl TagState {

@@ -30,7 +30,6 @@ pub mod plan;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use config::{Access, DeviceConfig, DriverOptions, ModbusDevice, Protocol, Table, TagOptions};
 use proto::Sample;
@@ -39,7 +38,7 @@ use tokio::time::Instant;
 use tokio_modbus::prelude::{Request, Response};
 
 use crate::pipeline::Pipeline;
-use crate::sample::{self, Deadband, Raw};
+use crate::sample::{self, now_ns, Deadband, Raw};
 use crate::status::{status_event, Health};
 use crate::write::{WriteQueue, WriteRequest, WriteResult, WriteStatus};
 use crate::{DriverError, DriverHost, ErrorKind, PollError, PollReport};
@@ -57,12 +56,6 @@ const SERVER_BUSY: u8 = 6;
 /// Exceptions 10 (gateway path unavailable) and 11 (gateway target device
 /// failed to respond): the device behind a gateway is not there.
 const GATEWAY_TARGET_ABSENT: [u8; 2] = [10, 11];
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
 
 fn code(e: &CallError) -> i32 {
     match e {

@@ -47,7 +47,7 @@ pub mod router;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use config::{DeviceConfig, DriverOptions};
 use proto::{DataFrame, Sample};
@@ -55,7 +55,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::pipeline::Publication;
-use crate::sample::{self, Deadband};
+use crate::sample::{self, now_ns, Deadband};
 use crate::status::status_event;
 use crate::write::{WriteQueue, WriteResult, WriteStatus};
 use crate::{DriverError, DriverHost, HostError, PollReport};
@@ -68,12 +68,6 @@ pub const MAX_PENDING: usize = 10_000;
 
 /// How often a burst of malformed messages is logged (the first at once).
 const LOG_EVERY: Duration = Duration::from_secs(10);
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
 
 /// What the publisher task writes to the bus, and the messages it settles.
 #[derive(Default)]

@@ -15,8 +15,8 @@ use std::time::Duration;
 use config::{DataType, OpcuaDevice};
 use opcua::client::{IdentityToken, Session};
 use opcua::types::{
-    AttributeId, BrowseDescription, BrowseDirection, ByteString, NodeClass, NodeId, NumericRange,
-    QualifiedName, ReadValueId, ReferenceTypeId, StatusCode, TimestampsToReturn, Variant,
+    AttributeId, BrowseDescription, BrowseDirection, ByteString, NodeClass, NodeId, ReadValueId,
+    ReferenceTypeId, StatusCode, TimestampsToReturn, Variant,
 };
 
 use super::client;
@@ -245,12 +245,7 @@ async fn walk(session: &Session, o: &BrowseOptions) -> Result<Vec<Variable>, Str
                     AttributeId::ValueRank,
                     AttributeId::UserAccessLevel,
                 ]
-                .map(|a| ReadValueId {
-                    node_id: n.clone(),
-                    attribute_id: a as u32,
-                    index_range: NumericRange::None,
-                    data_encoding: QualifiedName::null(),
-                })
+                .map(|a| super::read_value_id(n.clone(), a))
             })
             .collect();
         let values = tokio::time::timeout(o.timeout, session.read(&ids, TimestampsToReturn::Neither, 0.0))

@@ -55,7 +55,7 @@ pub mod value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use config::{Access, DeadbandType, DeviceConfig, DriverOptions, OpcuaDevice};
 use opcua::client::{MonitoredItemMap, OnSubscriptionNotificationCore};
@@ -70,18 +70,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::pipeline::Pipeline;
-use crate::sample::{self, Deadband};
+use crate::sample::{self, now_ns, Deadband};
 use crate::status::{link_event, LinkStatus};
 use crate::write::{WriteQueue, WriteRequest, WriteResult, WriteStatus};
 use crate::{DriverError, DriverHost, ErrorKind, OpcuaStat, PollError, PollReport};
 use client::Connection;
 use plan::{Group, Item, Plan};
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
 
 /// What the subscriptions' callbacks hand to the driver task.
 enum Notice {
@@ -632,7 +626,7 @@ impl<H: DriverHost> Driver<H> {
                     }),
                 };
                 requests.push(MonitoredItemCreateRequest {
-                    item_to_monitor: read_value_id(node_id),
+                    item_to_monitor: read_value_id(node_id, AttributeId::Value),
                     monitoring_mode: MonitoringMode::Reporting,
                     requested_parameters: MonitoringParameters {
                         client_handle: it.tag as u32 + 1,
@@ -799,7 +793,7 @@ impl<H: DriverHost> Driver<H> {
             for it in chunk {
                 match node(it) {
                     Some(n) => {
-                        ids.push(read_value_id(n));
+                        ids.push(read_value_id(n, AttributeId::Value));
                         read.push(it);
                     }
                     None => samples.extend(self.failed(it.tag, StatusCode::BadNodeIdUnknown, now_ns())),
@@ -915,10 +909,7 @@ impl<H: DriverHost> Driver<H> {
         let node_type = tokio::time::timeout(
             self.device.timeout,
             session.read(
-                &[ReadValueId {
-                    attribute_id: AttributeId::DataType as u32,
-                    ..read_value_id(node_id.clone())
-                }],
+                &[read_value_id(node_id.clone(), AttributeId::DataType)],
                 TimestampsToReturn::Neither,
                 0.0,
             ),
@@ -981,10 +972,11 @@ impl<H: DriverHost> Driver<H> {
     }
 }
 
-fn read_value_id(node_id: NodeId) -> ReadValueId {
+/// A Read of `attribute` of `node_id` (whole value, default encoding).
+pub(crate) fn read_value_id(node_id: NodeId, attribute: AttributeId) -> ReadValueId {
     ReadValueId {
         node_id,
-        attribute_id: AttributeId::Value as u32,
+        attribute_id: attribute as u32,
         index_range: NumericRange::None,
         data_encoding: QualifiedName::null(),
     }
