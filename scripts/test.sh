@@ -24,7 +24,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Real peers. The Modbus tests start their own pymodbus servers and socat pty
-# pairs on loopback (tests/tests/common/peers.rs); this installs them.
+# pairs on loopback (tests/src/harness/peers.rs); this installs them.
 ensure_modbus_peer
 # The InfluxDB sink tests start private influxd / VictoriaMetrics instances.
 ensure_influx_peers

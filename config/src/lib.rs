@@ -105,13 +105,53 @@ pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigEr
     if let Some(dir) = devices_dir {
         devices = load_devices(&dir, env, &mut errors);
     }
+    finish(path, gateway, gsrc.map(|(src, _)| src), devices, errors)
+}
+
+/// [`load_with_env`] on text instead of files: `text` is the contents of
+/// the `gateway.toml` at `path`, `devices` the `(path, contents)` of its
+/// device files, loaded in the order given. The same parsing, `${ENV}`
+/// substitution and checks as [`load_with_env`], except that neither
+/// file is read: the paths only name the files in errors and anchor
+/// relative paths, and the gateway's `devices_dir` is not listed (so an
+/// empty `devices` is not an error here). For fuzzing
+/// (`fuzz/fuzz_targets/config_load.rs`) and for tools that hold the files
+/// in memory.
+pub fn load_from_str(
+    path: &Path,
+    text: &str,
+    devices: &[(&Path, &str)],
+    env: EnvLookup<'_>,
+) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let (gateway, gsrc) = load_gateway_text(path, text, env, &mut errors);
+    let devices: Vec<(DeviceConfig, Source)> = devices
+        .iter()
+        .filter_map(|&(p, t)| {
+            let (d, src) = load_device_text(p, t, env, &mut errors)?;
+            validate::device(&d, &src, &mut errors);
+            Some((d, src))
+        })
+        .collect();
+    finish(path, gateway, gsrc.map(|(src, _)| src), devices, errors)
+}
+
+/// The checks across files and the outcome of a load, shared by
+/// [`load_with_env`] and [`load_from_str`].
+fn finish(
+    path: &Path,
+    gateway: Option<GatewayConfig>,
+    gsrc: Option<Source>,
+    mut devices: Vec<(DeviceConfig, Source)>,
+    mut errors: Vec<ConfigError>,
+) -> Result<Config, ConfigErrors> {
     validate::devices_unique(&devices, &mut errors);
     validate::serial_ports(&devices, &mut errors);
-    if let (Some(g), Some((src, _))) = (&gateway, &gsrc) {
+    if let (Some(g), Some(src)) = (&gateway, &gsrc) {
         validate::gateway(g, src, &mut errors);
         validate::rules(&g.alert_rules, &devices, src, &mut errors);
     }
-    if let (Some(g), Some((src, _))) = (&gateway, &gsrc) {
+    if let (Some(g), Some(src)) = (&gateway, &gsrc) {
         mqtt_client_ids(g, src, &mut devices, &mut errors);
         opcua_defaults(g, &mut devices, &mut errors);
     }
@@ -224,6 +264,16 @@ fn load_gateway(
     let Some(text) = read(path, errors) else {
         return (None, None);
     };
+    load_gateway_text(path, &text, env, errors)
+}
+
+/// [`load_gateway`] on the file's contents `text`.
+fn load_gateway_text(
+    path: &Path,
+    text: &str,
+    env: EnvLookup<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<GatewayConfig>, Option<(Source, PathBuf)>) {
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let resolve = |p: &Path| {
         if p.is_absolute() {
@@ -232,7 +282,7 @@ fn load_gateway(
             base_dir.join(p)
         }
     };
-    let Some((root, src)) = parse(path, &text, env, errors) else {
+    let Some((root, src)) = parse(path, text, env, errors) else {
         return (None, None);
     };
     let span = root.span();
@@ -417,7 +467,17 @@ fn load_device(
     errors: &mut Vec<ConfigError>,
 ) -> Option<(DeviceConfig, Source)> {
     let text = read(path, errors)?;
-    let (root, src) = parse(path, &text, env, errors)?;
+    load_device_text(path, &text, env, errors)
+}
+
+/// [`load_device`] on the file's contents `text`.
+fn load_device_text(
+    path: &Path,
+    text: &str,
+    env: EnvLookup<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(DeviceConfig, Source)> {
+    let (root, src) = parse(path, text, env, errors)?;
     let span = root.span();
     let mut t = root.into_inner();
     let raw_tags = take_array(&src, &mut t, "tags", errors);

@@ -25,6 +25,7 @@
 //!   answered, by drivers that cannot write with `Unsupported`.
 //! - Drivers stop at their next await point once `shutdown` turns true.
 
+mod burst_log;
 mod host;
 pub mod modbus;
 pub mod mqtt;

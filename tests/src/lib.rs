@@ -19,6 +19,9 @@
 //! [`alert_event`] builds the alert events that tests and benchmarks put on
 //! the bus before the gateway starts (as the alert engine will publish them).
 
+pub mod faults;
+pub mod harness;
+
 /// An alert event of rule `press-hot` on `press`/`temp` (CRITICAL), as the
 /// alert engine publishes it: `id` is the event id, `attributes` e.g.
 /// `threshold_value` or `alert_id` (see `EventKind` in frame.proto).

@@ -7,7 +7,7 @@
 //! frame (at-least-once, so lines are de-duplicated by seq), and each alert
 //! event must appear under exactly one seq.
 
-mod common;
+use tests::harness as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -55,7 +55,16 @@ fn pg_sink(url: &str) -> String {
     )
 }
 
-impl Gateway {
+/// The alert API and process control, on the harness's gateway.
+trait AlertApi {
+    fn api(&self, method: &str, path: &str, body: Option<Value>, token: Option<&str>) -> (u16, Value);
+    fn open_alerts(&self) -> Vec<Value>;
+    fn rule_state(&self, rule: &str) -> String;
+    fn kill9(self);
+    fn stop(self);
+}
+
+impl AlertApi for Gateway {
     fn api(&self, method: &str, path: &str, body: Option<Value>, token: Option<&str>) -> (u16, Value) {
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(10))

@@ -5,7 +5,7 @@
 //! (`archive.jsonl`, every frame exactly once — tested in runtime.rs),
 //! read after the device was stopped and both sinks caught up.
 
-mod common;
+use tests::harness as common;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -55,7 +55,7 @@ value = "AUTO"
     )
 }
 
-const ARCHIVE: &str = "\n[sinks.archive]\ntype = \"file\"\npath = \"archive.jsonl\"\n";
+use common::ARCHIVE_SINK as ARCHIVE;
 
 fn sink_v1(url: &str) -> String {
     format!(
@@ -85,9 +85,7 @@ fn quiesce_and_stop(mut g: Gateway, demo: &DemoDir) {
 /// Samples of `device` in the archive: `tag → [(source_ts_ns, value)]`.
 fn truth(demo: &DemoDir, device: &str) -> HashMap<String, Vec<(u64, Value)>> {
     let mut out: HashMap<String, Vec<(u64, Value)>> = HashMap::new();
-    let text = std::fs::read_to_string(demo.data().join("archive.jsonl")).unwrap();
-    for line in text.lines() {
-        let f: Value = serde_json::from_str(line).unwrap();
+    for f in common::archive_frames(&demo.data()) {
         if f["type"] != "DATA" || f["device"] != device {
             continue;
         }

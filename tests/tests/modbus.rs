@@ -3,7 +3,7 @@
 //! what landed in the WAL with `gateway wal tail --json` and compare it
 //! with the server's register map (`tests/peers/modbus_server.py`).
 
-mod common;
+use tests::harness as common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! rumqttc subscriber as the northbound consumer, and a private influxd
 //! for the exactly-once check after de-duplication.
 
-mod common;
+use tests::harness as common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -18,14 +18,10 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// The ground truth where another sink consumes the bus (the WAL deletes
 /// what every consumer acknowledged): a file sink with every frame once.
-const ARCHIVE: &str = "\n[sinks.archive]\ntype = \"file\"\npath = \"archive.jsonl\"\n";
+use common::ARCHIVE_SINK as ARCHIVE;
 
 fn archive_frames(demo: &DemoDir) -> Vec<Value> {
-    std::fs::read_to_string(demo.data().join("archive.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("archive line is JSON"))
-        .collect()
+    common::archive_frames(&demo.data())
 }
 
 fn stop(mut g: Gateway) {

@@ -3,7 +3,7 @@
 //! (`tests/peers/opcua_node_server.js`) — on loopback. What reached the
 //! bus is read back with `gateway wal tail --json`.
 
-mod common;
+use tests::harness as common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! device status, `last_seen`, the configuration and the audit log come
 //! from the running gateway itself.
 
-mod common;
+use tests::harness as common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! devices, file sink): metrics, status API, SIGTERM, SIGKILL + restart,
 //! SIGHUP reload, API token. Real binary, real signals, loopback only.
 
-mod common;
+use tests::harness as common;
 
 use std::time::Duration;
 

@@ -19,6 +19,10 @@
 //!   first poll it answers. Both changes are `DEVICE_STATUS_CHANGED` events.
 //! - A reply that does not match the request (short, long, wrong function)
 //!   gives [`MALFORMED`]; nothing from the wire can panic the driver.
+//! - Every failed request is counted (`gateway_device_errors_total`). An
+//!   exception or a malformed reply is also logged at warn level, once per
+//!   burst per request (`burst_log`): a device that answers every
+//!   poll with an error stays Online, so no status change would say so.
 //!
 //! Writes ([`crate::write`]) are served between polls: FC5 for a coil,
 //! FC6 for one holding register, FC16 for several; writing one bit of a
@@ -29,6 +33,7 @@ pub mod link;
 pub mod plan;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use config::{Access, DeviceConfig, DriverOptions, ModbusDevice, Protocol, Table, TagOptions};
@@ -37,6 +42,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_modbus::prelude::{Request, Response};
 
+use crate::burst_log::{BurstLog, LOG_EVERY};
 use crate::pipeline::Pipeline;
 use crate::sample::{self, now_ns, Deadband, Raw};
 use crate::status::{status_event, Health};
@@ -110,6 +116,9 @@ struct Driver<H: DriverHost> {
     health: Health,
     /// No request before this instant (retry backoff).
     hold_until: Option<Instant>,
+    /// Rate limit of the warning for exceptions and malformed replies,
+    /// per request (table, start address).
+    refusals: HashMap<(Table, u16), BurstLog>,
 }
 
 /// Runs one Modbus device until shutdown.
@@ -137,6 +146,7 @@ pub async fn run<H: DriverHost>(
         deadbands: vec![Deadband::default(); device.tags.len()],
         health: Health::default(),
         hold_until: None,
+        refusals: HashMap::new(),
         host: host.clone(),
         device: device.clone(),
     };
@@ -297,6 +307,7 @@ impl<H: DriverHost> Driver<H> {
             }
             if let (Err(e), true) = (&result, sent) {
                 errors.push(poll_error(e));
+                self.log_refusal(r, e);
             }
             for (i, p) in &r.tags {
                 let Some(tag) = self.device.tags.get(*i) else {
@@ -363,6 +374,41 @@ impl<H: DriverHost> Driver<H> {
         pipeline
             .finish_poll(self.host.as_ref(), &self.device.name, samples, report)
             .await
+    }
+
+    /// Logs an exception or a malformed reply to a read, once per burst
+    /// per request. A device that does not answer (timeout, connection,
+    /// exceptions 10/11 of a gateway in front of it) is reported by its
+    /// status change instead.
+    fn log_refusal(&mut self, r: &ReadRequest, e: &CallError) {
+        let answered = match e {
+            CallError::Exception(c) => !GATEWAY_TARGET_ABSENT.contains(c),
+            CallError::Protocol(_) => true,
+            CallError::Timeout | CallError::Connection(_) => false,
+        };
+        if !answered {
+            return;
+        }
+        let Some(failed) = self.refusals.entry((r.table, r.address)).or_default().note() else {
+            return;
+        };
+        let tags: Vec<&str> = r
+            .tags
+            .iter()
+            .filter_map(|(i, _)| self.device.tags.get(*i))
+            .map(|t| t.name.as_str())
+            .collect();
+        tracing::warn!(
+            device = self.device.name,
+            table = r.table.as_str(),
+            address = r.address,
+            count = r.count,
+            tags = tags.join(","),
+            code = code(e),
+            error = %e,
+            failed,
+            "Modbus read failed: exception or malformed reply; its tags are BAD (logged once per {LOG_EVERY:?} per request)"
+        );
     }
 
     /// Serves one write request.

@@ -54,6 +54,7 @@ use proto::{DataFrame, Sample};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::burst_log::{BurstLog, LOG_EVERY};
 use crate::pipeline::Publication;
 use crate::sample::{self, now_ns, Deadband};
 use crate::status::status_event;
@@ -65,9 +66,6 @@ use router::Router;
 
 /// Messages a pending batch may hold before the connection stops reading.
 pub const MAX_PENDING: usize = 10_000;
-
-/// How often a burst of malformed messages is logged (the first at once).
-const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the publisher task writes to the bus, and the messages it settles.
 #[derive(Default)]
@@ -102,39 +100,29 @@ impl Batch {
 /// messages with the connection (epoch) each came on.
 type Settled = Vec<(u64, Received)>;
 
-/// Logs malformed messages once per burst: the first at once, then one
-/// line per [`LOG_EVERY`] with the count since the previous line.
-#[derive(Default)]
-struct BurstLog {
-    last: Option<Instant>,
-    since: u64,
-}
-
-impl BurstLog {
-    fn note(&mut self, device: &str, reason: Reason, topic: &str, payload: &[u8]) {
-        self.since += 1;
-        if self.last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
-            return;
-        }
-        let shown: String = payload
-            .iter()
-            .take(96)
-            .copied()
-            .map(char::from)
-            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '.' })
-            .collect();
-        warn!(
-            device,
-            reason = reason.as_str(),
-            topic,
-            bytes = payload.len(),
-            payload = shown,
-            skipped = self.since,
-            "malformed MQTT message(s) counted, acknowledged and skipped (logged once per {LOG_EVERY:?})"
-        );
-        self.last = Some(Instant::now());
-        self.since = 0;
-    }
+/// Logs a malformed message once per burst ([`BurstLog`]): the first at
+/// once, then one line per [`LOG_EVERY`] with the count since the previous
+/// line.
+fn log_malformed(burst: &mut BurstLog, device: &str, reason: Reason, topic: &str, payload: &[u8]) {
+    let Some(skipped) = burst.note() else {
+        return;
+    };
+    let shown: String = payload
+        .iter()
+        .take(96)
+        .copied()
+        .map(char::from)
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '.' })
+        .collect();
+    warn!(
+        device,
+        reason = reason.as_str(),
+        topic,
+        bytes = payload.len(),
+        payload = shown,
+        skipped,
+        "malformed MQTT message(s) counted, acknowledged and skipped (logged once per {LOG_EVERY:?})"
+    );
 }
 
 fn device_error(device: &DeviceConfig, message: impl Into<String>) -> DriverError {
@@ -429,7 +417,7 @@ fn read_message<H: DriverHost>(
         }
         seen.push(reason);
         host.payload_rejected(reason.as_str());
-        burst.note(&device.name, reason, &topic, payload);
+        log_malformed(burst, &device.name, reason, &topic, payload);
         report.errors.push(crate::PollError {
             kind: crate::ErrorKind::Protocol,
             code: MALFORMED,

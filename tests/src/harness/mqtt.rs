@@ -99,7 +99,7 @@ impl Mosquitto {
     /// `tests::mqtt_pub`.)
     pub fn publish_lines(&self, topic: &str, qos: u8, lines: &[String]) -> bool {
         let payloads = lines.iter().map(|l| l.clone().into_bytes()).collect();
-        tests::mqtt_pub::publish_all(self.port, topic, qos, 100, payloads).is_ok()
+        crate::mqtt_pub::publish_all(self.port, topic, qos, 100, payloads).is_ok()
     }
 
     /// Publishes one message with exactly these bytes (`mosquitto_pub -s`).

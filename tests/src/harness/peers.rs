@@ -3,7 +3,6 @@
 //! `ensure_modbus_peer`) on a loopback port or a `socat` pty pair. A
 //! missing Python module or socat fails the test loudly.
 
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -29,6 +28,12 @@ impl ModbusServer {
     pub fn tcp(dir: &Path) -> ModbusServer {
         let address = format!("127.0.0.1:{}", super::free_port());
         Self::start(dir, &["--tcp", &address], address.clone())
+    }
+
+    /// A Modbus TCP server on `address` (`host:port`), e.g. the address of
+    /// a server that was stopped: the same device plugged in again.
+    pub fn tcp_at(dir: &Path, address: &str) -> ModbusServer {
+        Self::start(dir, &["--tcp", address], address.to_string())
     }
 
     /// RTU framing over TCP on a free loopback port (a serial device server).

@@ -6,8 +6,6 @@
 //! `deps/` directory (cargo builds it for `cargo test --workspace`). A missing
 //! binary fails the test loudly.
 
-#![allow(dead_code)]
-
 pub mod mqtt;
 pub mod opcua;
 pub mod peers;
@@ -22,8 +20,15 @@ pub fn gateway_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("gateway");
+    // A test runs from `target/<profile>/deps/`, a helper binary (the fault
+    // runner) from `target/<profile>/`: the gateway is in the latter.
+    let bin = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("gateway"))
+        .find(|b| b.is_file())
+        .unwrap_or_else(|| PathBuf::from("target/<profile>/gateway"));
     assert!(
         bin.is_file(),
         "gateway binary not found at {} (build it with `cargo build --release --workspace --all-targets` or set GATEWAY_BIN)",
@@ -237,6 +242,29 @@ pub fn wal_cursors(dir: &Path) -> std::collections::HashMap<String, u64> {
                 v["name"].as_str().unwrap().to_string(),
                 v["cursor"].as_u64().unwrap(),
             )
+        })
+        .collect()
+}
+
+/// `[sinks.archive]`: a file sink keeping every frame as a JSON line in
+/// `<data_dir>/archive.jsonl`, the ground truth of what reached the bus
+/// (the WAL deletes what every consumer acknowledged). Rotation is set far
+/// beyond what a test writes: a rotated-away `archive.jsonl.1` would hide
+/// the oldest frames (a 100 000-message MQTT test once passed 64 MiB).
+pub const ARCHIVE_SINK: &str =
+    "\n[sinks.archive]\ntype = \"file\"\npath = \"archive.jsonl\"\nmax_file_size = \"4GiB\"\n";
+
+/// Every frame of the file sink's archive in `data` (see [`ARCHIVE_SINK`]),
+/// the rotated file `archive.jsonl.1` first if there is one.
+pub fn archive_frames(data: &Path) -> Vec<serde_json::Value> {
+    ["archive.jsonl.1", "archive.jsonl"]
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(data.join(f))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("archive line is JSON"))
+                .collect::<Vec<_>>()
         })
         .collect()
 }
