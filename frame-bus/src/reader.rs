@@ -10,9 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use proto::FrameEnvelope;
-use rocksdb::{IteratorMode, DB};
+use rocksdb::{IteratorMode, ReadOptions, DB};
 
-use crate::keys::{frame_key, parse_frame_key, CF_CURSORS, CF_FRAMES, CF_META, META_DELETED_THROUGH};
+use crate::keys::{
+    frame_key, parse_frame_key, CF_CURSORS, CF_FRAMES, CF_META, FRAMES_UPPER, META_DELETED_THROUGH,
+};
+use crate::stats::Counters;
+use crate::store::{edge_from_metadata, seek_edge, Edge};
 use crate::{BusConfig, BusError};
 
 /// One record read by a [`WalReader`].
@@ -92,19 +96,16 @@ impl WalReader {
             .map_or(0, u64::from_be_bytes))
     }
 
+    /// First or last frame seq: one seek; when the block there is corrupt
+    /// (RocksDB's checksum), from the SST file metadata instead.
     fn edge(&self, last: bool) -> Result<Option<u64>, BusError> {
-        let mode = if last {
-            IteratorMode::End
-        } else {
-            IteratorMode::Start
-        };
-        for item in self.db.iterator_cf(self.cf(CF_FRAMES)?, mode) {
-            let (k, _) = item.map_err(|e| BusError::from_rocksdb(e, &self.path))?;
-            if let Some(seq) = parse_frame_key(&k) {
-                return Ok(Some(seq));
-            }
+        let cf = self.cf(CF_FRAMES)?;
+        let edge = if last { Edge::Last } else { Edge::First };
+        match seek_edge(&self.db, cf, &Counters::default(), edge) {
+            Ok(found) => Ok(found.map(|(seq, _)| seq)),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => Ok(edge_from_metadata(&self.db, cf, edge)),
+            Err(e) => Err(BusError::from_rocksdb(e, &self.path)),
         }
-        Ok(None)
     }
 
     /// Last stored seq (or the deletion floor when no frame is stored).
@@ -134,21 +135,46 @@ impl WalReader {
         Ok(out)
     }
 
-    /// Up to `max` records with seq ≥ `from`, in order.
+    /// Up to `max` records with seq ≥ `from`, in order. A block RocksDB
+    /// cannot read (checksum mismatch) yields one [`WalRecord::Corrupt`]
+    /// per seq it hides, up to the head, as the bus's own reads count them.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<WalRecord>, BusError> {
         let mut out = Vec::new();
-        let key = frame_key(from);
-        let it = self.db.iterator_cf(
-            self.cf(CF_FRAMES)?,
-            IteratorMode::From(&key, rocksdb::Direction::Forward),
-        );
-        for item in it {
-            if out.len() >= max {
-                break;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(FRAMES_UPPER.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_FRAMES)?, ro);
+        it.seek(frame_key(from));
+        // Seq 0 is never assigned; nothing at or below the floor exists.
+        let mut next = from.max(self.deleted_through()? + 1);
+        let mut head = None;
+        while out.len() < max {
+            if !it.valid() {
+                match it.status() {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+                        let head = match head {
+                            Some(h) => h,
+                            None => *head.insert(self.head_seq()?),
+                        };
+                        if next > head {
+                            break;
+                        }
+                        out.push(WalRecord::Corrupt {
+                            seq: next,
+                            error: format!("rocksdb: {e}"),
+                        });
+                        next += 1;
+                        it.seek(frame_key(next));
+                        continue;
+                    }
+                    Err(e) => return Err(BusError::from_rocksdb(e, &self.path)),
+                }
             }
-            let (k, v) = item.map_err(|e| BusError::from_rocksdb(e, &self.path))?;
-            let Some(seq) = parse_frame_key(&k) else { break };
-            out.push(match proto::decode_envelope(&v) {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            let Some(seq) = parse_frame_key(k) else { break };
+            out.push(match proto::decode_envelope(v) {
                 Ok(env) if env.sequence_id == seq => WalRecord::Frame(env),
                 Ok(env) => WalRecord::Corrupt {
                     seq,
@@ -159,6 +185,8 @@ impl WalReader {
                     error: e.to_string(),
                 },
             });
+            next = seq + 1;
+            it.next();
         }
         Ok(out)
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use prost::bytes::BytesMut;
 use proto::{FrameEnvelope, Message};
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, IteratorMode,
     Options, ReadOptions, DB,
 };
 use tokio::sync::watch;
@@ -405,6 +405,88 @@ pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
     db.cf_handle(name).expect("column family created at open")
 }
 
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Edge {
+    First,
+    Last,
+}
+
+/// The seq (and time stamp) of the first or last frame, by one seek
+/// (malformed keys are stepped over and counted). A RocksDB error, e.g. a
+/// block checksum mismatch, is returned as is.
+pub(crate) fn seek_edge(
+    db: &DB,
+    frames_cf: &ColumnFamily,
+    counters: &Counters,
+    edge: Edge,
+) -> Result<Option<(u64, u64)>, rocksdb::Error> {
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(keys::FRAMES_UPPER.to_vec());
+    let mut it = db.raw_iterator_cf_opt(frames_cf, ro);
+    match edge {
+        Edge::Last => it.seek_to_last(),
+        Edge::First => it.seek(frame_key(0)),
+    }
+    while it.valid() {
+        match it.key().and_then(parse_frame_key) {
+            Some(seq) => {
+                let ts = it
+                    .value()
+                    .and_then(|v| FrameEnvelope::decode(v).ok())
+                    .map_or(0, |env| env.timestamp_ns);
+                return Ok(Some((seq, ts)));
+            }
+            None => {
+                counters.malformed_keys.fetch_add(1, Ordering::Relaxed);
+                match edge {
+                    Edge::Last => it.prev(),
+                    Edge::First => it.next(),
+                }
+            }
+        }
+    }
+    it.status().map(|()| None)
+}
+
+/// The first or last frame seq without reading a data block: the smallest
+/// or largest key of every SST file of the frames family (file metadata)
+/// and a memtable-only seek. Used when the block at that end is corrupt.
+/// A range tombstone's bound can be a file's largest key, so the head found
+/// this way may be one past the last frame: one seq is then never used.
+pub(crate) fn edge_from_metadata(db: &DB, frames_cf: &ColumnFamily, edge: Edge) -> Option<u64> {
+    let files = db.live_files().unwrap_or_default();
+    let keys = files
+        .iter()
+        .filter(|f| f.column_family_name == CF_FRAMES)
+        .filter_map(|f| match edge {
+            Edge::Last => f.end_key.as_deref(),
+            Edge::First => f.start_key.as_deref(),
+        })
+        .filter_map(parse_frame_key);
+    let sst = match edge {
+        Edge::Last => keys.max(),
+        Edge::First => keys.min(),
+    };
+    let mut ro = ReadOptions::default();
+    ro.set_read_tier(rocksdb::ReadTier::Memtable);
+    ro.set_iterate_upper_bound(keys::FRAMES_UPPER.to_vec());
+    let mut it = db.raw_iterator_cf_opt(frames_cf, ro);
+    match edge {
+        Edge::Last => it.seek_to_last(),
+        Edge::First => it.seek(frame_key(0)),
+    }
+    let mem = if it.valid() {
+        it.key().and_then(parse_frame_key)
+    } else {
+        None
+    };
+    match (sst, mem, edge) {
+        (Some(a), Some(b), Edge::Last) => Some(a.max(b)),
+        (Some(a), Some(b), Edge::First) => Some(a.min(b)),
+        (a, b, _) => a.or(b),
+    }
+}
+
 /// Reads head, floor, newest time stamp and cursors from an open database.
 pub(crate) fn recover(db: &DB, path: &Path, counters: &Counters) -> Result<Recovered, BusError> {
     let meta = cf(db, CF_META);
@@ -447,44 +529,31 @@ pub(crate) fn recover(db: &DB, path: &Path, counters: &Counters) -> Result<Recov
         Err(e) => return Err(BusError::from_rocksdb(e, path)),
     };
 
-    // Last and first parseable frame keys: seeks, not scans (malformed keys are skipped and counted).
-    let mut last_key_seq = 0u64;
-    let mut last_ts_at_open = 0u64;
-    let mut first_key_seq = None;
-    {
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(keys::FRAMES_UPPER.to_vec());
-        let mut it = db.raw_iterator_cf_opt(frames_cf, ro);
-        it.seek_to_last();
-        while it.valid() {
-            match it.key().and_then(parse_frame_key) {
-                Some(seq) => {
-                    last_key_seq = seq;
-                    if let Some(Ok(env)) = it.value().map(FrameEnvelope::decode) {
-                        last_ts_at_open = env.timestamp_ns;
-                    }
-                    break;
-                }
-                None => {
-                    counters.malformed_keys.fetch_add(1, Ordering::Relaxed);
-                    it.prev();
-                }
-            }
+    // Last and first parseable frame keys: seeks, not scans (malformed
+    // keys are skipped and counted). A corrupt block at either end must
+    // not keep the bus closed: the edge is then taken from metadata.
+    let (last_key_seq, last_ts_at_open) = match seek_edge(db, frames_cf, counters, Edge::Last) {
+        Ok(found) => found.unwrap_or((0, 0)),
+        Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+            let seq = edge_from_metadata(db, frames_cf, Edge::Last).unwrap_or(0);
+            warn!(error = %e, head = seq, "the block holding the newest frame is corrupt; head recovered from the SST file metadata and the memtable (its frames are reported corrupt when read)");
+            (seq, 0)
         }
-        it.status().map_err(|e| BusError::from_rocksdb(e, path))?;
-        if deleted_through == 0 && last_key_seq > 0 {
-            let it2 = db.iterator_cf(frames_cf, IteratorMode::From(&frame_key(0), Direction::Forward));
-            for item in it2 {
-                let (k, _) = item.map_err(|e| BusError::from_rocksdb(e, path))?;
-                if let Some(seq) = parse_frame_key(&k) {
-                    first_key_seq = Some(seq);
-                    break;
-                }
+        Err(e) => return Err(BusError::from_rocksdb(e, path)),
+    };
+    if deleted_through == 0 && last_key_seq > 0 {
+        let first_key_seq = match seek_edge(db, frames_cf, counters, Edge::First) {
+            Ok(found) => found.map(|(seq, _)| seq),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+                let seq = edge_from_metadata(db, frames_cf, Edge::First);
+                warn!(error = %e, oldest = seq, "the block holding the oldest frame is corrupt; the oldest seq recovered from the SST file metadata and the memtable");
+                seq
             }
+            Err(e) => return Err(BusError::from_rocksdb(e, path)),
+        };
+        if let Some(first) = first_key_seq {
+            deleted_through = deleted_through.max(first.saturating_sub(1));
         }
-    }
-    if let Some(first) = first_key_seq {
-        deleted_through = deleted_through.max(first.saturating_sub(1));
     }
 
     // Cursors.

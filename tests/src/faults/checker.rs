@@ -221,7 +221,16 @@ pub fn check(o: &Observed) -> Counts {
 
     // Northbound: every DATA frame at least once.
     let received: HashSet<u64> = o.north_seqs.iter().copied().collect();
-    c.north_missing = data_seqs.iter().filter(|s| !received.contains(s)).count() as u64;
+    let north_missing: Vec<u64> = data_seqs
+        .iter()
+        .copied()
+        .filter(|s| !received.contains(s))
+        .collect();
+    c.north_missing = north_missing.len() as u64;
+    if let (Some(first), Some(last)) = (north_missing.first(), north_missing.last()) {
+        c.lost_examples
+            .push(format!("northbound seqs {first}..={last} missing"));
+    }
     c.north_redelivered = o.north_seqs.len() as u64 - received.len() as u64;
 
     // Alerts: each FIRED once in PostgreSQL; a rule firing again while it

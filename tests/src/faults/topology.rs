@@ -282,15 +282,26 @@ impl Topology {
         Ok(())
     }
 
-    /// Waits until the consumers' total lag is back under half a second
-    /// of load, sampling; the time it took (also kept as the recovery
-    /// maximum).
+    /// Waits until the gateway has caught up — it ingested every stream
+    /// number confirmed before this call (the broker's backlog) and the
+    /// consumers' total lag is back under half a second of load —
+    /// sampling; the time since `since` (also kept as the recovery maximum).
     pub fn wait_caught_up(&mut self, since: Instant) -> Duration {
         let t0 = since;
         let bound = u64::from(self.opts.rate / 2 + 200);
+        let target = self.load.as_ref().map_or(0, Load::count);
         loop {
             let lag = self.sample();
-            if lag <= bound && self.gateway.is_some() {
+            let ingested = self.gateway.as_ref().map_or(0, |g| {
+                device_status(g, "seq")["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t["name"] == "n")
+                    .and_then(|t| t["value"].as_u64())
+                    .unwrap_or(0)
+            });
+            if lag <= bound && ingested >= target && self.gateway.is_some() {
                 break;
             }
             if t0.elapsed() > 3 * LIMIT {
@@ -360,16 +371,34 @@ impl Topology {
                 uint: r["value_uint"].as_u64(),
             })
             .collect();
-        // The subscriber is asynchronous: give in-flight messages a moment.
-        std::thread::sleep(Duration::from_millis(500));
-        let north_seqs = self
-            .north
-            .messages()
-            .into_iter()
-            .filter_map(|(_, payload)| serde_json::from_slice::<Value>(&payload).ok())
-            .filter(|v| v.get("samples").is_some())
-            .filter_map(|v| v["seq"].as_u64())
+        // The broker confirmed every northbound message to the gateway;
+        // delivering them to the subscriber (20 in flight at a time) can
+        // trail behind, more so after a broker restart: wait until every
+        // DATA frame arrived or nothing new came for 5 s.
+        let data_frames: std::collections::HashSet<u64> = archive
+            .iter()
+            .filter(|f| f["type"] == "DATA")
+            .filter_map(|f| f["seq"].as_u64())
             .collect();
+        let north_data = |msgs: Vec<(String, Vec<u8>)>| -> Vec<u64> {
+            msgs.into_iter()
+                .filter_map(|(_, payload)| serde_json::from_slice::<Value>(&payload).ok())
+                .filter(|v| v.get("samples").is_some())
+                .filter_map(|v| v["seq"].as_u64())
+                .collect()
+        };
+        let (mut seen, mut since) = (0usize, Instant::now());
+        let north_seqs = loop {
+            let got = north_data(self.north.messages());
+            let distinct: std::collections::HashSet<u64> = got.iter().copied().collect();
+            if data_frames.is_subset(&distinct) || since.elapsed() > Duration::from_secs(5) {
+                break got;
+            }
+            if got.len() != seen {
+                (seen, since) = (got.len(), Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let pg_alert_ids = self
             .db
             .rows("SELECT event_id::text AS id FROM alert_history")
@@ -427,6 +456,17 @@ impl Drop for Topology {
         }
         if let Some(dir) = self.mounted.take() {
             let _ = std::process::Command::new("umount").arg("-l").arg(&dir).status();
+        }
+        // FAULTS_KEEP=1 keeps the peers' and the gateway's directories
+        // (logs, WAL, archive) for a post-mortem.
+        if std::env::var_os("FAULTS_KEEP").is_some() {
+            self.tmp.disable_cleanup(true);
+            self.demo.dir.disable_cleanup(true);
+            eprintln!(
+                "kept {} (peers) and {} (gateway)",
+                self.tmp.path().display(),
+                self.demo.dir.path().display()
+            );
         }
     }
 }

@@ -154,7 +154,12 @@ pub struct Subscriber {
 impl Subscriber {
     pub fn start(port: u16, client_id: &str, filter: &str) -> Subscriber {
         let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
-        o.set_clean_session(false).set_keep_alive(Duration::from_secs(5));
+        // Frame-mode messages of a backlog carry hundreds of samples:
+        // rumqttc's default 10 KiB limit would refuse them and reconnect
+        // for ever (its session redelivers the same message).
+        o.set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(16 << 20, 16 << 20);
         let (client, mut conn) = rumqttc::Client::new(o, 1024);
         let inbox: Inbox = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
