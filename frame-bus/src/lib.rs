@@ -66,6 +66,15 @@
 //!    `malformed_keys_total`), logged once per read with its seqs, and never
 //!    stops a consumer. A bad cursor value found at open is counted and its
 //!    consumer replays from the oldest stored frame (at-least-once holds).
+//!    A block RocksDB itself cannot read (its block checksum failed: bytes
+//!    flipped on disk) hides every frame in it: readers count and report
+//!    each seq it hides and step past it; at open, if that block holds the
+//!    newest or the oldest frame, head and floor come from the SST files'
+//!    metadata and the memtable instead of a seek, so the bus still opens
+//!    (the head may then skip one seq if a range tombstone bounded the
+//!    file). [`WalReader`] (`gateway wal tail`) shows such seqs as corrupt.
+//!    A corrupt record in RocksDB's own log (`*.log`) is handled by
+//!    RocksDB's point-in-time recovery, which drops the log's tail after it.
 //! 6. **Disk full.** The writer checks free space before each batch and
 //!    rejects it with [`BusError::DiskFull`] below `min_free_bytes` (nothing
 //!    of it is stored). A RocksDB write error (ENOSPC or other I/O) is

@@ -103,7 +103,9 @@ impl WalReader {
         let edge = if last { Edge::Last } else { Edge::First };
         match seek_edge(&self.db, cf, &Counters::default(), edge) {
             Ok(found) => Ok(found.map(|(seq, _)| seq)),
-            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => Ok(edge_from_metadata(&self.db, cf, edge)),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+                Ok(edge_from_metadata(&self.db, cf, edge))
+            }
             Err(e) => Err(BusError::from_rocksdb(e, &self.path)),
         }
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use prost::bytes::BytesMut;
 use proto::{FrameEnvelope, Message};
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, IteratorMode,
-    Options, ReadOptions, DB,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options,
+    ReadOptions, DB,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};

@@ -367,7 +367,11 @@ async fn a_corrupt_sst_block_at_both_ends_does_not_keep_the_bus_closed() {
     let f = sub.recv().await.unwrap();
     assert_eq!(f.sequence_id, 101, "the unreadable block is skipped");
     assert_eq!(f.data, payload(101, 40));
-    assert_eq!(bus.stats().corrupt_frames_total, 100, "each unreadable seq counted");
+    assert_eq!(
+        bus.stats().corrupt_frames_total,
+        100,
+        "each unreadable seq counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

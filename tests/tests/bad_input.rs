@@ -1,6 +1,6 @@
 //! The bad-input matrix (issue 10) end to end: for each kind of bad input,
 //! the real `gateway` binary gets it from a real peer (pymodbus, Mosquitto,
-//! asyncua, influxd) or from its configuration, and the test checks three
+//! asyncua; influxd for row 4) or from its configuration, and the test checks three
 //! things: the counter that records it (an exact value or an exact
 //! relation, read by label from `/metrics`), the log line an operator
 //! would see (the harness runs the gateway with `RUST_LOG=info`, so only
@@ -15,6 +15,9 @@
 //! | 4 | InfluxDB 400 (field type conflict) | `gateway_sink_dead_lettered_total{sink="influx"}` | "line refused by the server; dead-lettered" |
 //! | 5 | MQTT sink message above the broker's maximum packet size | `gateway_sink_dead_lettered_total{sink="north"}` | "message too large for the broker; skipped" |
 //! | 6 | bad value in a device file | none (exit code 2) | stderr `file:line:column: `key`: message` |
+//!
+//! Row 4 is tested with the InfluxDB sink's other tests, in `influx.rs`
+//! (`a_point_the_server_refuses_is_dead_lettered_and_the_rest_flows`).
 
 use tests::harness as common;
 
@@ -23,77 +26,14 @@ use std::time::{Duration, Instant};
 
 use common::mqtt::{Mosquitto, Subscriber};
 use common::opcua::OpcuaServer;
-use common::peers::{Influxd, ModbusServer};
-use common::{latest_samples, wal_frames, DemoDir, Gateway};
+use common::peers::ModbusServer;
+use common::{
+    device_file, device_status, latest_samples, metric_in, tag_entry, tag_samples, wal_frames, DemoDir,
+    Gateway,
+};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// `name{a="x",b="y"} 1` → `("name", [("a", "x"), ("b", "y")], 1.0)`;
-/// `None` for comments and lines that do not parse.
-fn parse_series(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let end = line.find(['{', ' '])?;
-    let name = line[..end].to_string();
-    let mut labels = Vec::new();
-    let mut rest = &line[end..];
-    if let Some(mut r) = rest.strip_prefix('{') {
-        loop {
-            r = r.trim_start_matches([',', ' ']);
-            if let Some(after) = r.strip_prefix('}') {
-                rest = after;
-                break;
-            }
-            let eq = r.find('=')?;
-            let key = r[..eq].trim().to_string();
-            let inner = r[eq + 1..].strip_prefix('"')?;
-            let mut value = String::new();
-            let mut chars = inner.char_indices();
-            let consumed = loop {
-                let (i, c) = chars.next()?;
-                match c {
-                    '\\' => {
-                        let (_, n) = chars.next()?;
-                        value.push(if n == 'n' { '\n' } else { n });
-                    }
-                    '"' => break i + 1,
-                    c => value.push(c),
-                }
-            };
-            labels.push((key, value));
-            r = &inner[consumed..];
-        }
-    }
-    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
-    Some((name, labels, value))
-}
-
-/// Metric `name` in a `/metrics` text, summed over the series whose labels
-/// include every `(label, value)` pair given (all its series when none is);
-/// `None` when no series matches.
-fn metric_in(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for (n, have, v) in body.lines().filter_map(parse_series) {
-        if n == name
-            && labels
-                .iter()
-                .all(|(k, want)| have.iter().any(|(hk, hv)| hk == k && hv == want))
-        {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
-
-/// Metric `name` with these labels, scraped from the gateway now.
-fn metric(g: &Gateway, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let (code, body) = g.get("/metrics")?;
-    assert_eq!(code, 200, "{body}");
-    metric_in(&body, name, labels)
-}
 
 /// The lines of the gateway's log that contain `what`.
 fn log_lines(g: &Gateway, what: &str) -> Vec<String> {
@@ -113,40 +53,6 @@ fn burst_limit(elapsed: Duration) -> usize {
 fn stop(mut g: Gateway) {
     g.signal(libc::SIGTERM);
     assert!(g.wait_exit(LIMIT).success(), "{}", g.log_text());
-}
-
-/// A device file: `head` (protocol, endpoint, …) and one `[[tags]]` table
-/// per entry of `tags`.
-fn device(name: &str, head: &str, tags: &[String]) -> (String, String) {
-    let mut s = format!("name = \"{name}\"\n{head}\n");
-    for t in tags {
-        s.push_str("\n[[tags]]\n");
-        s.push_str(t);
-        s.push('\n');
-    }
-    (name.to_string(), s)
-}
-
-fn tag(name: &str, address: &str, data_type: &str) -> String {
-    format!("name = \"{name}\"\naddress = \"{address}\"\ndata_type = \"{data_type}\"")
-}
-
-/// The samples of `tag` of `device`, in WAL order.
-fn series(frames: &[Value], device: &str, tag: &str) -> Vec<Value> {
-    frames
-        .iter()
-        .filter(|f| f["type"] == "DATA" && f["device"] == device)
-        .flat_map(|f| f["samples"].as_array().cloned().unwrap_or_default())
-        .filter(|s| s["tag"] == tag)
-        .collect()
-}
-
-/// The `/api/v1/status` entry of device `name`.
-fn device_status(g: &Gateway, name: &str) -> Value {
-    g.status()["devices"]
-        .as_array()
-        .and_then(|d| d.iter().find(|d| d["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("device {name} in the status"))
 }
 
 // ---------------------------------------------------------------------------
@@ -175,13 +81,13 @@ fn modbus_exceptions_are_counted_by_code_logged_once_per_burst_and_the_device_st
          timeout = \"2s\"\nbusy_retries = 0",
         server.address
     );
-    let demo = DemoDir::with_devices(&[device(
+    let demo = DemoDir::with_devices(&[device_file(
         "plc",
         &head,
         &[
-            tag("ok", "40001", "uint16"),
-            tag("missing", "40101", "uint16"),
-            tag("busy", "40301", "uint16"),
+            tag_entry("ok", "40001", "uint16", ""),
+            tag_entry("missing", "40101", "uint16", ""),
+            tag_entry("busy", "40301", "uint16", ""),
         ],
     )]);
     let started = Instant::now();
@@ -227,7 +133,7 @@ fn modbus_exceptions_are_counted_by_code_logged_once_per_burst_and_the_device_st
     let mut frames = Vec::new();
     g.wait_until("six polls in the WAL", LIMIT, |_| {
         frames = wal_frames(&demo.wal());
-        series(&frames, "plc", "busy").len() >= 6
+        tag_samples(&frames, "plc", "busy").len() >= 6
     });
     let s = latest_samples(&frames, "plc");
     assert_eq!(
@@ -240,14 +146,14 @@ fn modbus_exceptions_are_counted_by_code_logged_once_per_burst_and_the_device_st
         s["missing"]
     );
     assert_eq!(s["missing"]["value"], Value::Null, "{}", s["missing"]);
-    for o in series(&frames, "plc", "ok") {
+    for o in tag_samples(&frames, "plc", "ok") {
         assert_eq!(
             (o["quality"].clone(), o["value"].clone()),
             (json!("GOOD"), json!(12345)),
             "{o}"
         );
     }
-    let busy = series(&frames, "plc", "busy");
+    let busy = tag_samples(&frames, "plc", "busy");
     for (k, b) in busy.iter().enumerate() {
         if (k + 1) % 3 == 0 {
             assert_eq!(
@@ -343,30 +249,25 @@ fn malformed_mqtt_payloads_are_counted_by_reason_logged_and_the_next_value_is_st
     broker.publish("meter/data", 1, br#"{"v": 42.0, "i": 7}"#);
     let dev = ("device", "meter");
     g.wait_until("4 messages acknowledged", LIMIT, |g| {
-        metric(g, "gateway_mqtt_messages_acked_total", &[dev]) == Some(4.0)
+        g.metric("gateway_mqtt_messages_acked_total", &[dev]) == Some(4.0)
     });
 
     // Counters: one per reason, nothing else; each is also a protocol
     // error of the device (code -3, as a malformed Modbus reply).
     let parse = "gateway_mqtt_parse_errors_total";
     for reason in ["not_json", "wrong_type", "out_of_range"] {
-        assert_eq!(
-            metric(&g, parse, &[dev, ("reason", reason)]),
-            Some(1.0),
-            "{reason}"
-        );
+        assert_eq!(g.metric(parse, &[dev, ("reason", reason)]), Some(1.0), "{reason}");
     }
-    assert_eq!(metric(&g, parse, &[dev]), Some(3.0), "no other reason counted");
+    assert_eq!(g.metric(parse, &[dev]), Some(3.0), "no other reason counted");
     assert_eq!(
-        metric(
-            &g,
+        g.metric(
             "gateway_device_errors_total",
             &[dev, ("kind", "protocol"), ("code", "-3")]
         ),
         Some(3.0)
     );
     assert_eq!(
-        metric(&g, "gateway_mqtt_messages_received_total", &[dev]),
+        g.metric("gateway_mqtt_messages_received_total", &[dev]),
         Some(4.0)
     );
 
@@ -397,7 +298,7 @@ fn malformed_mqtt_payloads_are_counted_by_reason_logged_and_the_next_value_is_st
     // stored, in order.
     let frames = wal_frames(&demo.wal());
     let values = |t: &str| -> Vec<Value> {
-        series(&frames, "meter", t)
+        tag_samples(&frames, "meter", t)
             .iter()
             .map(|s| s["value"].clone())
             .collect()
@@ -449,12 +350,12 @@ fn opcua_bad_status_is_a_bad_sample_counted_per_device_and_good_values_go_on() {
         )
     };
     let tags = [
-        tag("bad", "ns=2;s=Status/Bad", "Double"),
-        tag("counter", "ns=2;s=Dynamic/Counter", "UInt32"),
+        tag_entry("bad", "ns=2;s=Status/Bad", "Double", ""),
+        tag_entry("counter", "ns=2;s=Dynamic/Counter", "UInt32", ""),
     ];
     let demo = DemoDir::with_devices(&[
-        device("sub", &head("subscription"), &tags),
-        device("poll", &head("poll"), &tags),
+        device_file("sub", &head("subscription"), &tags),
+        device_file("poll", &head("poll"), &tags),
     ]);
     let mut g = Gateway::start(&demo, &[]);
     g.wait_until(
@@ -479,7 +380,7 @@ fn opcua_bad_status_is_a_bad_sample_counted_per_device_and_good_values_go_on() {
     assert_eq!(server.sessions_created(), 2, "one session per device");
     // Subscription: the value never changes, so the server sends it once.
     let bad_values = "gateway_opcua_bad_values_total";
-    assert_eq!(metric(&g, bad_values, &[("device", "sub")]), Some(1.0));
+    assert_eq!(g.metric(bad_values, &[("device", "sub")]), Some(1.0));
     // Poll: one Bad value per Read, one Read per poll (one scrape; the
     // two counters of one poll can straddle it: retried).
     let t0 = Instant::now();
@@ -501,7 +402,7 @@ fn opcua_bad_status_is_a_bad_sample_counted_per_device_and_good_values_go_on() {
     for d in ["sub", "poll"] {
         assert_eq!(device_status(&g, d)["status"], "Online", "{d}");
         assert_eq!(
-            metric(&g, "gateway_device_errors_total", &[("device", d)]),
+            g.metric("gateway_device_errors_total", &[("device", d)]),
             None,
             "{d}"
         );
@@ -511,116 +412,8 @@ fn opcua_bad_status_is_a_bad_sample_counted_per_device_and_good_values_go_on() {
     stop(g);
 }
 
-// ---------------------------------------------------------------------------
-// Row 4: InfluxDB refuses a line (HTTP 400, field type conflict).
-// ---------------------------------------------------------------------------
-
-const INFLUX_REFUSED: &str = "line refused by the server; dead-lettered";
-
-fn influx_count(influx: &Influxd, tag: &str) -> u64 {
-    influx
-        .rows(
-            "gw",
-            &format!("SELECT count(quality) FROM device_data WHERE tag_name = '{tag}'"),
-        )
-        .first()
-        .and_then(|r| r["count"].as_u64())
-        .unwrap_or(0)
-}
-
-#[test]
-fn influx_400_dead_letters_exactly_the_refused_lines_and_the_rest_is_stored() {
-    // Matrix row 4: InfluxDB answers 400 (partial write: field type
-    // conflict) for every point of a string tag, because a seed point made
-    // `value_str` an integer field; the numeric tag's points are fine.
-    let tmp = tempfile::tempdir().unwrap();
-    let influx = Influxd::start(tmp.path());
-    influx.query("", "CREATE DATABASE gw");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    influx.write("gw", &format!("device_data,tag_name=seed value_str=1i {now}\n"));
-    let mixer = device(
-        "mixer",
-        "protocol = \"simulator\"\nendpoint = \"sim://mixer\"\nscan_interval = \"100ms\"",
-        &[
-            tag("temp", "constant", "Double") + "\nvalue = 21.5",
-            tag("mode", "constant", "String") + "\nvalue = \"AUTO\"",
-        ],
-    );
-    let sink = format!(
-        "{}\n[sinks.influx]\ntype = \"influxdb\"\nurl = \"{}\"\napi = \"v1\"\ndatabase = \"gw\"\n\
-         batch_lines = 200\nflush_interval = \"100ms\"\nmax_retry_interval = \"500ms\"\n",
-        common::ARCHIVE_SINK,
-        influx.url
-    );
-    let demo = DemoDir::with_gateway(&[mixer], &sink);
-    let mut g = Gateway::start(&demo, &[]);
-    let influx_sink = [("sink", "influx")];
-    g.wait_until("dead letters and stored points", LIMIT, |g| {
-        metric(g, "gateway_sink_dead_lettered_total", &influx_sink).unwrap_or(0.0) >= 3.0
-            && influx_count(&influx, "temp") >= 10
-    });
-    // Stop the device (SIGHUP with `enabled = false`) and let every sink catch up.
-    let path = demo.dir.path().join("devices/mixer.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replacen('\n', "\nenabled = false\n", 1)).unwrap();
-    g.signal(libc::SIGHUP);
-    g.wait_until("mixer stopped", LIMIT, |g| {
-        metric(g, "gateway_device_up", &[("device", "mixer")]) == Some(0.0)
-    });
-    g.wait_until("every sink caught up", LIMIT, |g| {
-        g.metric_sum("gateway_consumer_lag_frames") == Some(0.0)
-    });
-
-    // Exactly the string points were refused: one dead letter, one
-    // counter increment and one warning each.
-    let archive = common::archive_frames(&demo.data());
-    let (modes, temps) = (
-        series(&archive, "mixer", "mode").len(),
-        series(&archive, "mixer", "temp").len(),
-    );
-    assert!(modes >= 3, "{modes} mode samples");
-    let dead = std::fs::read_to_string(demo.data().join("dead-letter/influx.jsonl")).unwrap();
-    let dead: Vec<Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    for d in &dead {
-        assert!(d["line"].as_str().unwrap().contains("tag_name=mode"), "{d}");
-        assert!(d["error"].as_str().unwrap().contains("conflict"), "{d}");
-    }
-    assert_eq!(dead.len(), modes, "one dead letter per string point");
-    assert_eq!(
-        metric(&g, "gateway_sink_dead_lettered_total", &influx_sink),
-        Some(modes as f64)
-    );
-    // Every refused request (batches before they were split, and single lines) counts.
-    let refused = metric(
-        &g,
-        "gateway_sink_write_errors_total",
-        &[("sink", "influx"), ("cause", "refused")],
-    )
-    .unwrap_or(0.0);
-    assert!(
-        refused >= modes as f64,
-        "{refused} refused requests for {modes} lines"
-    );
-    let lines = log_lines(&g, INFLUX_REFUSED);
-    assert_eq!(lines.len(), modes, "one warning per dead letter: {lines:#?}");
-    for want in ["WARN", "influx", "tag_name=mode", "conflict"] {
-        assert!(lines[0].contains(want), "{want:?} not in {:?}", lines[0]);
-    }
-    // The rest flowed: every numeric point is stored once, none of the refused ones.
-    assert_eq!(influx_count(&influx, "temp"), temps as u64);
-    assert_eq!(influx_count(&influx, "mode"), 0);
-    assert_eq!(
-        g.status()["sinks"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == "influx").cloned())
-            .map(|s| s["healthy"].clone()),
-        Some(json!(true))
-    );
-    stop(g);
-}
+// Row 4 (InfluxDB refuses a line: HTTP 400, field type conflict) is
+// tests/tests/influx.rs, `a_point_the_server_refuses_is_dead_lettered_and_the_rest_flows`.
 
 // ---------------------------------------------------------------------------
 // Row 5: an MQTT sink message larger than the broker takes.
@@ -658,7 +451,7 @@ fn an_mqtt_sink_message_above_the_brokers_packet_limit_is_dead_lettered_and_the_
     let north_sink = [("sink", "north")];
     g.wait_until("labeler Online and the sink connected", LIMIT, |g| {
         device_status(g, "labeler")["status"] == "Online"
-            && metric(g, "gateway_sink_up", &north_sink) == Some(1.0)
+            && g.metric("gateway_sink_up", &north_sink) == Some(1.0)
     });
     let long = "L".repeat(60_000);
     south.publish("labeler/label", 1, long.as_bytes());
@@ -681,7 +474,7 @@ fn an_mqtt_sink_message_above_the_brokers_packet_limit_is_dead_lettered_and_the_
     // Both values are on the bus; only the good one went out.
     let mut stored: Vec<usize> = Vec::new();
     g.wait_until("both values in the archive", LIMIT, |_| {
-        stored = series(&common::archive_frames(&demo.data()), "labeler", "label")
+        stored = tag_samples(&common::archive_frames(&demo.data()), "labeler", "label")
             .iter()
             .map(|s| s["value"].as_str().map_or(0, str::len))
             .collect();
@@ -691,7 +484,7 @@ fn an_mqtt_sink_message_above_the_brokers_packet_limit_is_dead_lettered_and_the_
     assert_eq!(label_values(&sub), vec!["after-oversize".to_string()]);
     // Counted once, logged once with the limit, and the connection is intact.
     assert_eq!(
-        metric(&g, "gateway_sink_dead_lettered_total", &north_sink),
+        g.metric("gateway_sink_dead_lettered_total", &north_sink),
         Some(1.0)
     );
     let lines = log_lines(&g, TOO_LARGE);
@@ -699,8 +492,8 @@ fn an_mqtt_sink_message_above_the_brokers_packet_limit_is_dead_lettered_and_the_
     for want in ["WARN", "north", "max_message=15360"] {
         assert!(lines[0].contains(want), "{want:?} not in {:?}", lines[0]);
     }
-    assert_eq!(metric(&g, "gateway_sink_up", &north_sink), Some(1.0));
-    assert_eq!(metric(&g, "gateway_sink_failures_total", &north_sink), Some(0.0));
+    assert_eq!(g.metric("gateway_sink_up", &north_sink), Some(1.0));
+    assert_eq!(g.metric("gateway_sink_failures_total", &north_sink), Some(0.0));
     stop(g);
 }
 

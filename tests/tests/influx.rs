@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::peers::{Influxd, VictoriaMetrics};
-use common::{DemoDir, Gateway};
+use common::{tag_samples, DemoDir, Gateway};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -65,9 +65,10 @@ fn sink_v1(url: &str) -> String {
     )
 }
 
-/// Stops the device (SIGHUP with `enabled = false`), waits until every
-/// sink caught up, then stops the gateway cleanly.
-fn quiesce_and_stop(mut g: Gateway, demo: &DemoDir) {
+/// Stops the device (SIGHUP with `enabled = false`) and waits until every
+/// sink caught up; the gateway goes on running. Returns the device file's
+/// original text (see [`restore_device`]).
+fn quiesce(g: &mut Gateway, demo: &DemoDir) -> String {
     let path = demo.dir.path().join("devices/line-1.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replacen("\n", "\nenabled = false\n", 1)).unwrap();
@@ -78,8 +79,19 @@ fn quiesce_and_stop(mut g: Gateway, demo: &DemoDir) {
     g.wait_until("every sink caught up", LIMIT, |g| {
         g.metric_sum("gateway_consumer_lag_frames") == Some(0.0)
     });
+    text
+}
+
+/// Puts back the device file [`quiesce`] changed.
+fn restore_device(demo: &DemoDir, text: String) {
+    std::fs::write(demo.dir.path().join("devices/line-1.toml"), text).unwrap();
+}
+
+/// [`quiesce`], then stops the gateway cleanly and restores the device file.
+fn quiesce_and_stop(mut g: Gateway, demo: &DemoDir) {
+    let text = quiesce(&mut g, demo);
     stop(g);
-    std::fs::write(&path, text).unwrap();
+    restore_device(demo, text);
 }
 
 /// Samples of `device` in the archive: `tag → [(source_ts_ns, value)]`.
@@ -298,7 +310,11 @@ fn a_point_the_server_refuses_is_dead_lettered_and_the_rest_flows() {
         g.metric_sum("gateway_consumer_lag_frames")
             .is_some_and(|l| l < 5.0)
     });
-    quiesce_and_stop(g, &demo);
+    let text = quiesce(&mut g, &demo);
+    // Exactly the string points were refused (bad-input matrix row 4, see
+    // bad_input.rs): one dead letter, one counter increment and one
+    // warning each.
+    let modes = tag_samples(&common::archive_frames(&demo.data()), "line-1", "mode").len();
     let dead = std::fs::read_to_string(demo.data().join("dead-letter/influx.jsonl")).unwrap();
     let lines: Vec<Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines.len() >= 3);
@@ -306,6 +322,46 @@ fn a_point_the_server_refuses_is_dead_lettered_and_the_rest_flows() {
         assert!(l["line"].as_str().unwrap().contains("tag_name=mode"), "{l}");
         assert!(l["error"].as_str().unwrap().contains("conflict"), "{l}");
     }
+    assert_eq!(lines.len(), modes, "one dead letter per string point");
+    assert_eq!(
+        g.metric("gateway_sink_dead_lettered_total", &[("sink", "influx")]),
+        Some(modes as f64)
+    );
+    // Every refused request (batches before they were split, and single lines) counts.
+    let refused = g
+        .metric(
+            "gateway_sink_write_errors_total",
+            &[("sink", "influx"), ("cause", "refused")],
+        )
+        .unwrap_or(0.0);
+    assert!(
+        refused >= modes as f64,
+        "{refused} refused requests for {modes} lines"
+    );
+    let log = g.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("line refused by the server; dead-lettered"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        modes,
+        "one warning per dead letter: {warnings:#?}"
+    );
+    for want in ["WARN", "influx", "tag_name=mode", "conflict"] {
+        assert!(warnings[0].contains(want), "{want:?} not in {:?}", warnings[0]);
+    }
+    // Refused lines do not make the sink unhealthy.
+    assert_eq!(
+        g.status()["sinks"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "influx").cloned())
+            .map(|s| s["healthy"].clone()),
+        Some(json!(true))
+    );
+    stop(g);
+    restore_device(&demo, text);
+    // The rest flowed: every numeric point is stored once, none of the refused ones.
     assert_eq!(count(&influx, "mode"), 0);
     assert_eq!(
         count(&influx, "temp"),

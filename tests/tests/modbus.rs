@@ -8,20 +8,10 @@ use tests::harness as common;
 use std::time::Duration;
 
 use common::peers::{ModbusServer, PtyPair};
-use common::{latest_samples, wal_frames, DemoDir, Gateway};
+use common::{device_file, latest_samples, tag_samples, wal_frames, DemoDir, Gateway};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn device(name: &str, head: &str, tags: &[&str]) -> (String, String) {
-    let mut s = format!("name = \"{name}\"\n{head}\n");
-    for t in tags {
-        s.push_str("\n[[tags]]\n");
-        s.push_str(t);
-        s.push('\n');
-    }
-    (name.to_string(), s)
-}
 
 /// Every tag of `device` has a sample in the WAL.
 fn wait_samples(
@@ -159,7 +149,7 @@ fn tcp_decodes_every_data_type_and_byte_order_exactly() {
         "protocol = \"modbus-tcp\"\nendpoint = \"{}\"\nunit_id = 1\nmax_gap = 5\nscan_interval = \"200ms\"\ntimeout = \"2s\"",
         server.address
     );
-    let demo = DemoDir::with_devices(&[device("plc", &head, ALL_TYPES)]);
+    let demo = DemoDir::with_devices(&[device_file("plc", &head, ALL_TYPES)]);
 
     // The plan (max_gap 5): holding 0..=50, inputs 0..=2, coils 0..=7, DIs 1..=3: one read each.
     let out = std::process::Command::new(common::gateway_bin())
@@ -260,8 +250,8 @@ fn exceptions_fail_only_their_request_and_busy_is_retried() {
     let patient = format!("{base}\nunit_id = 1\nbusy_retries = 3\nbusy_retry_interval = \"20ms\"");
     let impatient = format!("{base}\nunit_id = 2\nbusy_retries = 0");
     let demo = DemoDir::with_devices(&[
-        device("patient", &patient, &tags),
-        device("impatient", &impatient, &tags),
+        device_file("patient", &patient, &tags),
+        device_file("impatient", &impatient, &tags),
     ]);
     let mut g = Gateway::start(&demo, &[]);
     let p = wait_samples(&mut g, &demo, "patient", 3);
@@ -279,11 +269,9 @@ fn exceptions_fail_only_their_request_and_busy_is_retried() {
     assert_eq!(i["ok"]["value"], json!(2222), "unit 2's own map");
     // Without retries, some polls see exception 6 (busy) — wait for one.
     g.wait_until("a busy sample of the impatient device", LIMIT, |_| {
-        wal_frames(&demo.wal())
+        tag_samples(&wal_frames(&demo.wal()), "impatient", "busy")
             .iter()
-            .filter(|f| f["type"] == "DATA" && f["device"] == "impatient")
-            .flat_map(|f| f["samples"].as_array().cloned().unwrap_or_default())
-            .any(|s| s["tag"] == "busy" && s["error_code"] == 6 && s["quality"] == "BAD")
+            .any(|s| s["error_code"] == 6 && s["quality"] == "BAD")
     });
     let (_, metrics) = g.get("/metrics").unwrap();
     assert!(
@@ -306,7 +294,7 @@ fn a_slow_device_goes_offline_with_backoff_and_comes_back_online() {
          max_retries = 2\nretry_interval = \"200ms\"\nmax_retry_interval = \"400ms\"",
         server.address
     );
-    let demo = DemoDir::with_devices(&[device(
+    let demo = DemoDir::with_devices(&[device_file(
         "slow",
         &head,
         &["name = \"v\"\naddress = \"40001\"\ndata_type = \"uint16\""],
@@ -361,8 +349,8 @@ fn rtu_two_slaves_share_one_serial_line() {
         "name = \"coil0\"\naddress = \"00001\"\ndata_type = \"bool\"",
     ];
     let demo = DemoDir::with_devices(&[
-        device("slave-1", &format!("{line}\nunit_id = 1"), &tags),
-        device("slave-2", &format!("{line}\nunit_id = 2"), &tags),
+        device_file("slave-1", &format!("{line}\nunit_id = 1"), &tags),
+        device_file("slave-2", &format!("{line}\nunit_id = 2"), &tags),
     ]);
     let mut g = Gateway::start(&demo, &[]);
     let s1 = wait_samples(&mut g, &demo, "slave-1", 3);
@@ -401,7 +389,7 @@ fn writes_reach_the_device_and_are_recorded_on_the_bus() {
         "name = \"pump\"\naddress = \"00009\"\ndata_type = \"bool\"\naccess = \"ReadWrite\"",
         "name = \"ro\"\naddress = \"40001\"\ndata_type = \"uint16\"",
     ];
-    let demo = DemoDir::with_devices(&[device("plc", &head, &tags)]);
+    let demo = DemoDir::with_devices(&[device_file("plc", &head, &tags)]);
     let mut g = Gateway::start(&demo, &[]);
     wait_samples(&mut g, &demo, "plc", 3);
     let url = |t: &str| format!("/api/v1/devices/plc/tags/{t}/write");
@@ -472,8 +460,8 @@ fn rtu_over_tcp_reads_two_units_through_one_socket() {
     );
     let tags = ["name = \"hr0\"\naddress = \"40001\"\ndata_type = \"uint16\""];
     let demo = DemoDir::with_devices(&[
-        device("unit-1", &format!("{head}\nunit_id = 1"), &tags),
-        device("unit-2", &format!("{head}\nunit_id = 2"), &tags),
+        device_file("unit-1", &format!("{head}\nunit_id = 1"), &tags),
+        device_file("unit-2", &format!("{head}\nunit_id = 2"), &tags),
     ]);
     let mut g = Gateway::start(&demo, &[]);
     assert_eq!(
@@ -500,8 +488,8 @@ fn a_silent_slave_does_not_starve_the_others_on_its_line() {
     let tags = ["name = \"hr0\"\naddress = \"40001\"\ndata_type = \"uint16\""];
     // Unit 5 does not exist: on a serial line nobody answers, every request times out.
     let demo = DemoDir::with_devices(&[
-        device("slave-1", &format!("{line}\nunit_id = 1"), &tags),
-        device("ghost", &format!("{line}\nunit_id = 5"), &tags),
+        device_file("slave-1", &format!("{line}\nunit_id = 1"), &tags),
+        device_file("ghost", &format!("{line}\nunit_id = 5"), &tags),
     ]);
     let mut g = Gateway::start(&demo, &[]);
     g.wait_until("the ghost to go Offline", LIMIT, |_| {
@@ -544,9 +532,9 @@ fn devices_on_one_endpoint_share_a_connection_unless_told_to_close_it() {
     };
     let tags = ["name = \"hr0\"\naddress = \"40001\"\ndata_type = \"uint16\""];
     let demo = DemoDir::with_devices(&[
-        device("a", &head(&shared.address, "unit_id = 1"), &tags),
-        device("b", &head(&shared.address, "unit_id = 2"), &tags),
-        device(
+        device_file("a", &head(&shared.address, "unit_id = 1"), &tags),
+        device_file("b", &head(&shared.address, "unit_id = 2"), &tags),
+        device_file(
             "c",
             &head(
                 &closing.address,

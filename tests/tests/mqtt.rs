@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::mqtt::{Mosquitto, Subscriber};
 use common::peers::Influxd;
-use common::{wal_frames, DemoDir, Gateway};
+use common::{device_status, tag_samples, wal_frames, DemoDir, Gateway};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -57,11 +57,8 @@ fn parse_errors(g: &Gateway) -> BTreeMap<String, u64> {
 
 /// Values of `tag` of `device` in WAL order.
 fn wal_values(frames: &[Value], device: &str, tag: &str) -> Vec<Value> {
-    frames
-        .iter()
-        .filter(|f| f["type"] == "DATA" && f["device"] == device)
-        .flat_map(|f| f["samples"].as_array().cloned().unwrap_or_default())
-        .filter(|s| s["tag"] == tag)
+    tag_samples(frames, device, tag)
+        .into_iter()
         .map(|s| s["value"].clone())
         .collect()
 }
@@ -482,9 +479,16 @@ fn sigkill_southbound_loses_no_qos1_message_and_influx_stores_each_once() {
     let missing: Vec<u64> = (1..=last).filter(|n| !distinct.contains(n)).collect();
     assert!(
         missing.is_empty(),
-        "{} numbers missing from the bus, e.g. {:?}",
+        "{} numbers missing from the bus, e.g. {:?}; the archive holds {} frames, {} samples of \
+         {} distinct numbers ({:?}..={:?}); broker log tail:\n{}",
         missing.len(),
-        &missing[..missing.len().min(10)]
+        &missing[..missing.len().min(10)],
+        frames.len(),
+        got.len(),
+        distinct.len(),
+        distinct.iter().min(),
+        distinct.iter().max(),
+        broker.log_tail(40)
     );
     let dups = got.len() as u64 - last;
     eprintln!(
@@ -586,14 +590,6 @@ fn seq_of(payload: &[u8]) -> u64 {
     serde_json::from_slice::<Value>(payload).unwrap()["seq"]
         .as_u64()
         .expect("a seq in every sample message")
-}
-
-/// The `/api/v1/status` entry of device `name`.
-fn device_status(g: &Gateway, name: &str) -> Value {
-    g.status()["devices"]
-        .as_array()
-        .and_then(|d| d.iter().find(|d| d["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("device {name} in the status"))
 }
 
 /// The bus seqs of `device`'s data frames (one sample each here): the

@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::opcua::OpcuaServer;
-use common::{gateway_bin, latest_samples, wal_frames, DemoDir, Gateway};
+use common::{
+    device_file, device_status, gateway_bin, latest_samples, tag_entry, tag_samples, wal_frames, DemoDir,
+    Gateway,
+};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -18,20 +21,6 @@ const FIXED_TS: u64 = 1_767_323_045_123_456_000;
 const BAD_NODE_ID_UNKNOWN: i64 = 0x8034_0000u32 as i32 as i64;
 const BAD_SENSOR_FAILURE: i64 = 0x808C_0000u32 as i32 as i64;
 const UNCERTAIN_LAST_USABLE: i64 = 0x4090_0000;
-
-fn device(name: &str, head: &str, tags: &[String]) -> (String, String) {
-    let mut s = format!("name = \"{name}\"\n{head}\n");
-    for t in tags {
-        s.push_str("\n[[tags]]\n");
-        s.push_str(t);
-        s.push('\n');
-    }
-    (name.to_string(), s)
-}
-
-fn tag(name: &str, address: &str, data_type: &str, extra: &str) -> String {
-    format!("name = \"{name}\"\naddress = \"{address}\"\ndata_type = \"{data_type}\"\n{extra}")
-}
 
 /// `(tag, node, data_type, expected value)` of the fixed variables.
 fn fixed(ns: u16) -> Vec<(&'static str, String, &'static str, Value)> {
@@ -98,24 +87,9 @@ fn status_events(demo: &DemoDir, device: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn device_status(g: &Gateway, name: &str) -> Value {
-    g.status()["devices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|d| d["name"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 /// Every sample of `tag` of `device` in bus order.
 fn series(demo: &DemoDir, device: &str, tag: &str) -> Vec<Value> {
-    wal_frames(&demo.wal())
-        .iter()
-        .filter(|f| f["type"] == "DATA" && f["device"] == device)
-        .flat_map(|f| f["samples"].as_array().cloned().unwrap_or_default())
-        .filter(|s| s["tag"] == tag)
-        .collect()
+    tag_samples(&wal_frames(&demo.wal()), device, tag)
 }
 
 fn wait_tags(g: &mut Gateway, demo: &DemoDir, device: &str, tags: &[&str]) -> HashMap<String, Value> {
@@ -151,17 +125,20 @@ fn check_fixed(s: &HashMap<String, Value>, device: &str, ns: u16) {
 fn subscription_and_poll_deliver_exact_values_status_and_timestamps() {
     let dir = tempfile::tempdir().unwrap();
     let server = OpcuaServer::asyncua(dir.path(), &["--period", "0.1"]);
-    let mut tags: Vec<String> = fixed(2).iter().map(|(n, a, dt, _)| tag(n, a, dt, "")).collect();
-    tags.push(tag("bad", "ns=2;s=Status/Bad", "Double", ""));
-    tags.push(tag("uncertain", "ns=2;s=Status/Uncertain", "Double", ""));
-    tags.push(tag("missing", "ns=2;s=No/Such/Node", "Double", ""));
-    tags.push(tag(
+    let mut tags: Vec<String> = fixed(2)
+        .iter()
+        .map(|(n, a, dt, _)| tag_entry(n, a, dt, ""))
+        .collect();
+    tags.push(tag_entry("bad", "ns=2;s=Status/Bad", "Double", ""));
+    tags.push(tag_entry("uncertain", "ns=2;s=Status/Uncertain", "Double", ""));
+    tags.push(tag_entry("missing", "ns=2;s=No/Such/Node", "Double", ""));
+    tags.push(tag_entry(
         "elements",
         "ns=2;s=Types/DoubleArray",
         "Double",
         "array_mode = \"elements\"",
     ));
-    tags.push(tag(
+    tags.push(tag_entry(
         "level",
         "ns=2;s=Analog/Level",
         "Double",
@@ -179,9 +156,9 @@ fn subscription_and_poll_deliver_exact_values_status_and_timestamps() {
         .filter(|t| !t.contains("deadband_type"))
         .cloned()
         .collect();
-    poll_tags.push(tag("counter", "ns=2;s=Dynamic/Counter", "UInt32", ""));
+    poll_tags.push(tag_entry("counter", "ns=2;s=Dynamic/Counter", "UInt32", ""));
     // Sampled faster than it changes, queued between publishes.
-    tags.push(tag(
+    tags.push(tag_entry(
         "counter",
         "ns=2;s=Dynamic/Counter",
         "UInt32",
@@ -189,15 +166,15 @@ fn subscription_and_poll_deliver_exact_values_status_and_timestamps() {
     ));
     let dead_port = common::free_port();
     let demo = DemoDir::with_devices(&[
-        device("sub", &head("subscription"), &tags),
-        device("poll", &head("poll"), &poll_tags),
-        device(
+        device_file("sub", &head("subscription"), &tags),
+        device_file("poll", &head("poll"), &poll_tags),
+        device_file(
             "dead",
             &format!(
                 "protocol = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{dead_port}/\"\ntimeout = \"5s\"\n\
                  retry_interval = \"5s\""
             ),
-            &[tag("x", "ns=2;i=1", "Double", "")],
+            &[tag_entry("x", "ns=2;i=1", "Double", "")],
         ),
     ]);
     let mut g = Gateway::start(&demo, &[]);
@@ -306,28 +283,28 @@ fn writes_reach_the_server_with_the_node_type() {
         server.url
     );
     let tags = [
-        tag(
+        tag_entry(
             "setpoint",
             "ns=2;s=Control/Setpoint",
             "Double",
             "access = \"ReadWrite\"\nscaling = 0.5",
         ),
-        tag(
+        tag_entry(
             "enable",
             "ns=2;s=Control/Enable",
             "Boolean",
             "access = \"ReadWrite\"",
         ),
-        tag("mode", "ns=2;s=Control/Mode", "Int16", "access = \"Write\""),
-        tag("ro", "ns=2;s=Types/Double", "Double", ""),
-        tag(
+        tag_entry("mode", "ns=2;s=Control/Mode", "Int16", "access = \"Write\""),
+        tag_entry("ro", "ns=2;s=Types/Double", "Double", ""),
+        tag_entry(
             "not_writable",
             "ns=2;s=Types/Int32",
             "Int32",
             "access = \"ReadWrite\"",
         ),
     ];
-    let demo = DemoDir::with_devices(&[device("plc", &head, &tags)]);
+    let demo = DemoDir::with_devices(&[device_file("plc", &head, &tags)]);
     let mut g = Gateway::start(&demo, &[]);
     wait_tags(&mut g, &demo, "plc", &["setpoint", "enable"]);
     let url = |t: &str| format!("/api/v1/devices/plc/tags/{t}/write");
@@ -381,7 +358,7 @@ fn secure_sessions_trust_list_and_identity() {
     );
     let pki = dir.path().join("pki");
     let secure_with = |name: &str, policy: &str, pw_var: &str| {
-        device(
+        device_file(
             name,
             &format!(
                 "protocol = \"opcua\"\nendpoint = \"{}\"\nsecurity_policy = \"{policy}\"\n\
@@ -390,7 +367,7 @@ fn secure_sessions_trust_list_and_identity() {
                 server.url,
                 pki.display()
             ),
-            &[tag("double", "ns=2;s=Types/Double", "Double", "")],
+            &[tag_entry("double", "ns=2;s=Types/Double", "Double", "")],
         )
     };
     let secure = |name: &str, pw_var: &str| secure_with(name, "Basic256Sha256", pw_var);
@@ -465,26 +442,26 @@ fn server_restart_recreates_the_session_and_all_subscriptions() {
         server.url
     );
     let tags = [
-        tag("counter", "ns=2;s=Dynamic/Counter", "UInt32", ""),
-        tag("sine", "ns=2;s=Dynamic/Sine", "Double", "scan_rate = \"500ms\""),
+        tag_entry("counter", "ns=2;s=Dynamic/Counter", "UInt32", ""),
+        tag_entry("sine", "ns=2;s=Dynamic/Sine", "Double", "scan_rate = \"500ms\""),
         // Constant values behind a gateway deadband: the BAD samples of
         // the loss go through the deadband too, so the first good value
         // after the restart is published although it did not move.
-        tag(
+        tag_entry(
             "double",
             "ns=2;s=Types/Double",
             "Double",
             "mode = \"poll\"\ndeadband = 1.0",
         ),
-        tag("i32", "ns=2;s=Types/Int32", "Int32", "deadband = 5.0"),
-        tag(
+        tag_entry("i32", "ns=2;s=Types/Int32", "Int32", "deadband = 5.0"),
+        tag_entry(
             "elems",
             "ns=2;s=Types/Int32Array",
             "Int32",
             "array_mode = \"elements\"",
         ),
     ];
-    let demo = DemoDir::with_devices(&[device("plc", &head, &tags)]);
+    let demo = DemoDir::with_devices(&[device_file("plc", &head, &tags)]);
     let mut g = Gateway::start(&demo, &[]);
     g.wait_until("counter values", LIMIT, |_| {
         series(&demo, "plc", "counter").len() >= 5
@@ -546,20 +523,20 @@ fn node_opcua_subscription_and_write() {
         server.url
     );
     let tags = [
-        tag("counter", "ns=1;s=Dynamic/Counter", "UInt32", ""),
-        tag("double", "ns=1;s=Types/Double", "Double", ""),
-        tag("i32", "ns=1;s=Types/Int32", "Int32", ""),
-        tag("string", "ns=1;s=Types/String", "String", ""),
-        tag("bool", "ns=1;s=Types/Boolean", "Boolean", ""),
-        tag("doubles", "ns=1;s=Types/DoubleArray", "Double", ""),
-        tag(
+        tag_entry("counter", "ns=1;s=Dynamic/Counter", "UInt32", ""),
+        tag_entry("double", "ns=1;s=Types/Double", "Double", ""),
+        tag_entry("i32", "ns=1;s=Types/Int32", "Int32", ""),
+        tag_entry("string", "ns=1;s=Types/String", "String", ""),
+        tag_entry("bool", "ns=1;s=Types/Boolean", "Boolean", ""),
+        tag_entry("doubles", "ns=1;s=Types/DoubleArray", "Double", ""),
+        tag_entry(
             "setpoint",
             "ns=1;s=Control/Setpoint",
             "Double",
             "access = \"ReadWrite\"",
         ),
     ];
-    let demo = DemoDir::with_devices(&[device("node", &head, &tags)]);
+    let demo = DemoDir::with_devices(&[device_file("node", &head, &tags)]);
     let mut g = Gateway::start(&demo, &[]);
     let s = wait_tags(
         &mut g,
@@ -704,7 +681,7 @@ fn x509_user_identity_and_trust_on_first_use() {
     );
     let pki = dir.path().join("pki");
     let dev = |name: &str, der: &std::path::Path, pem: &std::path::Path| {
-        device(
+        device_file(
             name,
             &format!(
                 "protocol = \"opcua\"\nendpoint = \"{}\"\nsecurity_policy = \"Basic256Sha256\"\n\
@@ -715,7 +692,7 @@ fn x509_user_identity_and_trust_on_first_use() {
                 pem.display(),
                 pki.display()
             ),
-            &[tag("double", "ns=2;s=Types/Double", "Double", "")],
+            &[tag_entry("double", "ns=2;s=Types/Double", "Double", "")],
         )
     };
     let demo = DemoDir::with_devices(&[
@@ -777,10 +754,10 @@ fn configured_url_behind_a_port_forward_and_a_cut_network() {
         "protocol = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{port}/gateway-test/\"\ntimeout = \"1s\"\n\
          retry_interval = \"200ms\"\nmax_retry_interval = \"1s\"\nkeep_alive_interval = \"1s\"\nsession_timeout = \"10s\""
     );
-    let demo = DemoDir::with_devices(&[device(
+    let demo = DemoDir::with_devices(&[device_file(
         "fwd",
         &head,
-        &[tag("counter", "ns=2;s=Dynamic/Counter", "UInt32", "")],
+        &[tag_entry("counter", "ns=2;s=Dynamic/Counter", "UInt32", "")],
     )]);
     let mut g = Gateway::start(&demo, &[]);
     g.wait_until("counter values through the forward", LIMIT, |_| {
@@ -816,10 +793,10 @@ fn a_silently_dropped_subscription_is_detected_and_recreated() {
          retry_interval = \"200ms\"\nmax_retry_interval = \"1s\"\nkeep_alive_interval = \"1s\"\nsession_timeout = \"10s\"",
         server.url
     );
-    let demo = DemoDir::with_devices(&[device(
+    let demo = DemoDir::with_devices(&[device_file(
         "quiet",
         &head,
-        &[tag("counter", "ns=2;s=Dynamic/Counter", "UInt32", "")],
+        &[tag_entry("counter", "ns=2;s=Dynamic/Counter", "UInt32", "")],
     )]);
     let mut g = Gateway::start(&demo, &[]);
     g.wait_until("counter values", LIMIT, |_| {

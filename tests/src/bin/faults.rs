@@ -28,7 +28,9 @@ fn main() -> Result<()> {
             "--outage" => opts.outage = Duration::from_secs(value("seconds")?.parse()?),
             "--out" => out = Some(value("a file")?),
             "-h" | "--help" => {
-                println!("faults [--short] [--only NAME[,NAME…]] [--kill-rounds N] [--outage SECS] [--out FILE]");
+                println!(
+                    "faults [--short] [--only NAME[,NAME…]] [--kill-rounds N] [--outage SECS] [--out FILE]"
+                );
                 for (name, _) in scenarios::all() {
                     println!("  {name}");
                 }

@@ -43,17 +43,12 @@ impl SlowProxy {
                 }
             }
         });
-        SlowProxy {
-            port,
-            delay_ms,
-            stop,
-        }
+        SlowProxy { port, delay_ms, stop }
     }
 
     /// Every chunk from the client waits `delay` from now on.
     pub fn set_delay(&self, delay: Duration) {
-        self.delay_ms
-            .store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 }
 

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::checker::{check, Observed, STREAM_DEVICE, STREAM_TAG};
-use super::topology::{device_status, rss_kib, Setup, Topology, LIMIT};
+use super::topology::{rss_kib, Setup, Topology, LIMIT};
 use super::{Opts, Report, Verdict};
-use crate::harness::wal;
+use crate::harness::{device_status, wal};
 
 /// A scenario: its name (the table's first column) and its function.
 pub type Scenario = (&'static str, fn(&Opts) -> Report);
@@ -116,19 +116,22 @@ fn self_test(obs: &Observed, counts: &super::Counts) -> Result<(), String> {
     }
 }
 
-fn topology(name: &'static str, o: &Opts, setup: Setup) -> Result<Topology, Box<Report>> {
-    Topology::new(o, setup).map_err(|why| Box::new(Report::not_run(name, why)))
+/// The topology of scenario `name` with the gateway started and the load
+/// run for `steady`; `Err` is the scenario's "not run" report.
+fn started(name: &'static str, o: &Opts, setup: Setup) -> Result<Topology, Box<Report>> {
+    let mut t = Topology::new(o, setup).map_err(|why| Box::new(Report::not_run(name, why)))?;
+    t.start_gateway();
+    t.run_for(o.steady);
+    Ok(t)
 }
 
 /// SIGKILL at random moments under load, `kill_rounds` times; each new
 /// process starts at once and must catch up.
 pub fn sigkill(o: &Opts) -> Report {
-    let mut t = match topology("sigkill", o, Setup::default()) {
+    let mut t = match started("sigkill", o, Setup::default()) {
         Ok(t) => t,
         Err(r) => return *r,
     };
-    t.start_gateway();
-    t.run_for(o.steady);
     for _ in 0..o.kill_rounds {
         t.run_for(Duration::from_millis(fastrand::u64(300..3000)));
         let at = Instant::now();
@@ -143,13 +146,11 @@ pub fn sigkill(o: &Opts) -> Report {
 
 /// Clean restarts (SIGTERM, exit 0) under load.
 pub fn sigterm(o: &Opts) -> Report {
-    let mut t = match topology("sigterm", o, Setup::default()) {
+    let mut t = match started("sigterm", o, Setup::default()) {
         Ok(t) => t,
         Err(r) => return *r,
     };
     let mut failures = Vec::new();
-    t.start_gateway();
-    t.run_for(o.steady);
     for _ in 0..o.term_rounds {
         t.run_for(Duration::from_millis(fastrand::u64(1000..3000)));
         let at = Instant::now();
@@ -166,12 +167,10 @@ pub fn sigterm(o: &Opts) -> Report {
 
 /// InfluxDB killed for `outage` under load, then back.
 pub fn influx_down(o: &Opts) -> Report {
-    let mut t = match topology("influx_down", o, Setup::default()) {
+    let mut t = match started("influx_down", o, Setup::default()) {
         Ok(t) => t,
         Err(r) => return *r,
     };
-    t.start_gateway();
-    t.run_for(o.steady);
     t.influx.stop();
     t.run_for(o.outage);
     let lag_at_end = t.sample();
@@ -193,7 +192,7 @@ pub fn influx_down(o: &Opts) -> Report {
 /// The PostgreSQL server stopped for `outage` under load (alerts fire
 /// meanwhile), then started again.
 pub fn postgres_down(o: &Opts) -> Report {
-    let mut t = match topology(
+    let mut t = match started(
         "postgres_down",
         o,
         Setup {
@@ -204,8 +203,6 @@ pub fn postgres_down(o: &Opts) -> Report {
         Ok(t) => t,
         Err(r) => return *r,
     };
-    t.start_gateway();
-    t.run_for(o.steady);
     if let Some(c) = t.cluster.as_mut() {
         c.stop();
     }
@@ -223,12 +220,10 @@ pub fn postgres_down(o: &Opts) -> Report {
 /// Mosquitto stopped for a few seconds and started again (it keeps its
 /// sessions): the source, the northbound sink and the publisher reconnect.
 pub fn broker_restart(o: &Opts) -> Report {
-    let mut t = match topology("broker_restart", o, Setup::default()) {
+    let mut t = match started("broker_restart", o, Setup::default()) {
         Ok(t) => t,
         Err(r) => return *r,
     };
-    t.start_gateway();
-    t.run_for(o.steady);
     for _ in 0..2 {
         t.broker.stop();
         t.run_for(RESTART_PAUSE);
@@ -247,13 +242,11 @@ pub fn broker_restart(o: &Opts) -> Report {
 
 /// The OPC UA server killed (SIGKILL) and restarted.
 pub fn opcua_restart(o: &Opts) -> Report {
-    let mut t = match topology("opcua_restart", o, Setup::default()) {
+    let mut t = match started("opcua_restart", o, Setup::default()) {
         Ok(t) => t,
         Err(r) => return *r,
     };
     let mut failures = Vec::new();
-    t.start_gateway();
-    t.run_for(o.steady);
     for _ in 0..2 {
         t.opcua.kill();
         t.run_for(RESTART_PAUSE);
@@ -276,13 +269,11 @@ pub fn opcua_restart(o: &Opts) -> Report {
 
 /// The Modbus device unplugged (server stopped) for `outage`, then back.
 pub fn modbus_unplug(o: &Opts) -> Report {
-    let mut t = match topology("modbus_unplug", o, Setup::default()) {
+    let mut t = match started("modbus_unplug", o, Setup::default()) {
         Ok(t) => t,
         Err(r) => return *r,
     };
     let mut failures = Vec::new();
-    t.start_gateway();
-    t.run_for(o.steady);
     t.unplug_modbus();
     t.run_for(o.outage);
     let offline = device_status(t.gw(), "plc")["status"].clone();
@@ -313,7 +304,7 @@ pub fn modbus_unplug(o: &Opts) -> Report {
 /// does not acknowledge what it could not store (the broker keeps it), the
 /// pollers' refused samples are counted; nothing stored is lost.
 pub fn disk_full(o: &Opts) -> Report {
-    let mut t = match topology(
+    let mut t = match started(
         "disk_full",
         o,
         Setup {
@@ -326,8 +317,6 @@ pub fn disk_full(o: &Opts) -> Report {
         Err(r) => return *r,
     };
     let mut failures = Vec::new();
-    t.start_gateway();
-    t.run_for(o.steady);
     let filler = t.demo.data().join("filler");
     let free = available(&t.demo.data());
     if let Err(e) = fill(&filler, free.saturating_sub(16 << 20)) {
@@ -370,9 +359,10 @@ pub fn disk_full(o: &Opts) -> Report {
 /// rest. Samples of corrupt frames are destroyed, not lost by the gateway:
 /// they are taken out of what InfluxDB must hold and counted.
 pub fn wal_corruption(o: &Opts) -> Report {
-    let mut t = match topology("wal_corruption", o, Setup::default()) {
+    // InfluxDB is down from the start: every frame stays owed to it.
+    let mut t = match Topology::new(o, Setup::default()) {
         Ok(t) => t,
-        Err(r) => return *r,
+        Err(why) => return Report::not_run("wal_corruption", why),
     };
     let mut failures = Vec::new();
     t.start_gateway();
@@ -411,10 +401,10 @@ pub fn wal_corruption(o: &Opts) -> Report {
         .unwrap_or(0.0) as u64;
     let mut obs = t.drain_and_collect(corrupt.clone());
     let log = t.log_text();
-    let logged = corrupt
-        .iter()
-        .next()
-        .is_some_and(|s| log.lines().any(|l| l.contains("corrupt") && l.contains(&s.to_string())));
+    let logged = corrupt.iter().next().is_some_and(|s| {
+        log.lines()
+            .any(|l| l.contains("corrupt") && l.contains(&s.to_string()))
+    });
     if !logged {
         failures.push("no log line names the corrupt seqs".into());
     }
@@ -482,7 +472,7 @@ pub fn clock_jump(o: &Opts) -> Report {
          threshold_value = {threshold}.0\nlevel = \"WARNING\"\neval_interval = \"1s\"\n\
          cooldown_duration = \"0s\"\n"
     );
-    let mut t = match topology(
+    let mut t = match started(
         "clock_jump",
         o,
         Setup {
@@ -495,7 +485,6 @@ pub fn clock_jump(o: &Opts) -> Report {
         Err(r) => return *r,
     };
     let mut failures = Vec::new();
-    t.start_gateway();
     let t0 = Instant::now();
     while t.load.as_ref().map_or(0, |l| l.count()) < 3 * span && t0.elapsed() < LIMIT {
         t.run_for(Duration::from_millis(500));
@@ -520,7 +509,7 @@ pub fn clock_jump(o: &Opts) -> Report {
 /// `outage`: backpressure, lag, and memory that stays flat (the backlog is
 /// on disk, in the WAL).
 pub fn slow_sink(o: &Opts) -> Report {
-    let mut t = match topology(
+    let mut t = match started(
         "slow_sink",
         o,
         Setup {
@@ -532,8 +521,6 @@ pub fn slow_sink(o: &Opts) -> Report {
         Err(r) => return *r,
     };
     let mut failures = Vec::new();
-    t.start_gateway();
-    t.run_for(o.steady);
     if let Some(p) = &t.proxy {
         p.set_delay(Duration::from_secs(2));
     }
@@ -565,7 +552,9 @@ pub fn slow_sink(o: &Opts) -> Report {
     }
     // The backlog grows without bound; memory must not follow it.
     if late > early + 64 * 1024 {
-        failures.push(format!("RSS grew from {early} KiB to {late} KiB with the backlog"));
+        failures.push(format!(
+            "RSS grew from {early} KiB to {late} KiB with the backlog"
+        ));
     }
     let notes = vec![format!(
         "while slow: lag {lag_early} → {lag_late} frames, RSS {:.1} → {:.1} MiB",
@@ -588,12 +577,7 @@ fn wait_online(t: &mut Topology, device: &str) -> bool {
 }
 
 fn samples_of(obs: &Observed, device: &str, tag: &str) -> usize {
-    obs.archive
-        .iter()
-        .filter(|f| f["type"] == "DATA" && f["device"] == device)
-        .flat_map(|f| f["samples"].as_array().cloned().unwrap_or_default())
-        .filter(|s| s["tag"] == tag)
-        .count()
+    crate::harness::tag_samples(&obs.archive, device, tag).len()
 }
 
 fn bad_samples_of(obs: &Observed, device: &str) -> usize {
@@ -653,11 +637,9 @@ fn corrupt_largest_sst(wal_dir: &Path) -> Result<Vec<(PathBuf, u64)>, String> {
     let mut bytes = std::fs::read(&sst).map_err(|e| format!("{}: {e}", sst.display()))?;
     let len = bytes.len() as u64;
     let mut flipped = Vec::new();
-    for pct in [30u64] {
-        let at = len * pct / 100;
-        bytes[at as usize] ^= 0xFF;
-        flipped.push((PathBuf::from(sst.file_name().unwrap_or_default()), at));
-    }
+    let at = len * 30 / 100;
+    bytes[at as usize] ^= 0xFF;
+    flipped.push((PathBuf::from(sst.file_name().unwrap_or_default()), at));
     std::fs::write(&sst, bytes).map_err(|e| format!("{}: {e}", sst.display()))?;
     Ok(flipped)
 }

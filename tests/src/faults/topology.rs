@@ -29,7 +29,7 @@ use crate::harness::mqtt::{Mosquitto, Subscriber};
 use crate::harness::opcua::OpcuaServer;
 use crate::harness::peers::{Influxd, ModbusServer};
 use crate::harness::pg::{Cluster, Db};
-use crate::harness::{archive_frames, DemoDir, Gateway, ARCHIVE_SINK};
+use crate::harness::{archive_frames, device_status, DemoDir, Gateway, ARCHIVE_SINK};
 
 /// Generous bound for anything the gateway must reach (not a measurement).
 pub const LIMIT: Duration = Duration::from_secs(180);
@@ -98,9 +98,9 @@ impl Topology {
         let broker = Mosquitto::start(tmp.path());
         let influx = Influxd::start(tmp.path());
         influx.query("", "CREATE DATABASE gw");
-        let proxy = setup.slow_influx.then(|| {
-            SlowProxy::start(influx.url.trim_start_matches("http://").trim_end_matches('/'))
-        });
+        let proxy = setup
+            .slow_influx
+            .then(|| SlowProxy::start(influx.url.trim_start_matches("http://").trim_end_matches('/')));
         let influx_url = match &proxy {
             Some(p) => format!("http://127.0.0.1:{}", p.port),
             None => influx.url.clone(),
@@ -188,9 +188,7 @@ impl Topology {
             }
             mounted = Some(data);
         }
-        let clock: Clock = setup
-            .clock
-            .unwrap_or_else(|| Arc::new(move |n| base_ms + n));
+        let clock: Clock = setup.clock.unwrap_or_else(|| Arc::new(move |n| base_ms + n));
         // Paused until the gateway's first start created its persistent
         // session: the broker keeps nothing for a session that does not exist.
         let load = Load::start(broker.port, "load/seq", opts.rate, clock);
@@ -469,17 +467,6 @@ impl Drop for Topology {
             );
         }
     }
-}
-
-/// The status API's entry for device `name`.
-pub fn device_status(g: &Gateway, name: &str) -> Value {
-    g.status()["devices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|d| d["name"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
 }
 
 /// Peak resident set size (VmHWM) of process `pid`, KiB (0 if gone).

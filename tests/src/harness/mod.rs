@@ -49,7 +49,14 @@ pub struct DemoDir {
     pub dir: tempfile::TempDir,
 }
 
+impl Default for DemoDir {
+    fn default() -> DemoDir {
+        DemoDir::new()
+    }
+}
+
 impl DemoDir {
+    /// A temp copy of `deploy/demo`.
     pub fn new() -> DemoDir {
         let src = manifest_dir().join("../deploy/demo");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -178,6 +185,14 @@ impl Gateway {
         found
     }
 
+    /// Metric `name` with these labels, scraped from the gateway now (see
+    /// [`metric_in`]); `None` when no series matches.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (code, body) = self.get("/metrics")?;
+        assert_eq!(code, 200, "{body}");
+        metric_in(&body, name, labels)
+    }
+
     pub fn signal(&self, sig: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
         // SAFETY: plain kill(2) on our own child.
@@ -207,6 +222,81 @@ impl Drop for Gateway {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Metric `name` in a `/metrics` text, summed over the series whose labels
+/// include every `(label, value)` pair given (all its series when none is);
+/// `None` when no series matches. For several values of one scrape;
+/// [`Gateway::metric`] scrapes itself.
+pub fn metric_in(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for (n, have, v) in body.lines().filter_map(parse_series) {
+        if n == name
+            && labels
+                .iter()
+                .all(|(k, want)| have.iter().any(|(hk, hv)| hk == k && hv == want))
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// One Prometheus series: name, labels, value.
+type Series = (String, Vec<(String, String)>, f64);
+
+/// `name{a="x",b="y"} 1` → `("name", [("a", "x"), ("b", "y")], 1.0)`;
+/// `None` for comments and lines that do not parse.
+fn parse_series(line: &str) -> Option<Series> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let end = line.find(['{', ' '])?;
+    let name = line[..end].to_string();
+    let mut labels = Vec::new();
+    let mut rest = &line[end..];
+    if let Some(mut r) = rest.strip_prefix('{') {
+        loop {
+            r = r.trim_start_matches([',', ' ']);
+            if let Some(after) = r.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let eq = r.find('=')?;
+            let key = r[..eq].trim().to_string();
+            let inner = r[eq + 1..].strip_prefix('"')?;
+            let mut value = String::new();
+            let mut chars = inner.char_indices();
+            let consumed = loop {
+                let (i, c) = chars.next()?;
+                match c {
+                    '\\' => {
+                        let (_, n) = chars.next()?;
+                        value.push(if n == 'n' { '\n' } else { n });
+                    }
+                    '"' => break i + 1,
+                    c => value.push(c),
+                }
+            };
+            labels.push((key, value));
+            r = &inner[consumed..];
+        }
+    }
+    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+    Some((name, labels, value))
+}
+
+/// The `/api/v1/status` entry of device `name`; `Value::Null` when the
+/// status does not list it (yet), so a wait can poll it.
+pub fn device_status(g: &Gateway, name: &str) -> serde_json::Value {
+    g.status()["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["name"] == name)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// Runs `gateway wal …` against a bus directory.
@@ -352,6 +442,41 @@ pub fn latest_samples(
         }
     }
     out
+}
+
+/// Every sample of `tag` of `device` in `frames`, in their order (WAL or
+/// archive order).
+pub fn tag_samples(frames: &[serde_json::Value], device: &str, tag: &str) -> Vec<serde_json::Value> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "DATA" && f["device"] == device)
+        .flat_map(|f| f["samples"].as_array().cloned().unwrap_or_default())
+        .filter(|s| s["tag"] == tag)
+        .collect()
+}
+
+/// A device file `(name, text)` for [`DemoDir::with_devices`]: `name`,
+/// then `head` (protocol, endpoint, …), then one `[[tags]]` table per entry
+/// of `tags` (see [`tag_entry`]).
+pub fn device_file(name: &str, head: &str, tags: &[impl AsRef<str>]) -> (String, String) {
+    let mut s = format!("name = \"{name}\"\n{head}\n");
+    for t in tags {
+        s.push_str("\n[[tags]]\n");
+        s.push_str(t.as_ref());
+        s.push('\n');
+    }
+    (name.to_string(), s)
+}
+
+/// The body of one `[[tags]]` table: `name`, `address`, `data_type`, then
+/// `extra` (more keys, one per line) unless it is empty.
+pub fn tag_entry(name: &str, address: &str, data_type: &str, extra: &str) -> String {
+    let mut s = format!("name = \"{name}\"\naddress = \"{address}\"\ndata_type = \"{data_type}\"");
+    if !extra.is_empty() {
+        s.push('\n');
+        s.push_str(extra);
+    }
+    s
 }
 
 pub fn repo_dir() -> PathBuf {

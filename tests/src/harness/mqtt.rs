@@ -89,6 +89,13 @@ impl Mosquitto {
         }
     }
 
+    /// The last `n` lines of the broker's log (for failure messages).
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }

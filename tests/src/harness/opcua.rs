@@ -4,7 +4,6 @@
 //! free loopback port. Each writes a JSON state file (sessions created,
 //! writes served). A missing peer fails the test loudly.
 
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

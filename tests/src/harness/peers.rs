@@ -3,7 +3,6 @@
 //! `ensure_modbus_peer`) on a loopback port or a `socat` pty pair. A
 //! missing Python module or socat fails the test loudly.
 
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,7 +4,6 @@
 //! port) for tests that stop the server. A missing server or missing
 //! PostgreSQL binaries fail the test loudly.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
