@@ -22,6 +22,11 @@ pub enum ErrorKind {
     Exception,
     /// The bus refused the frame (disk full, closed).
     Bus,
+    /// The device answered with a usable value that does not convert to
+    /// the tag's data type (OPC UA `BadTypeMismatch`, `BadOutOfRange`: the
+    /// status code in [`PollError::code`]). Like an exception, an answer:
+    /// the device stays Online, the tag is BAD.
+    Conversion,
 }
 
 impl ErrorKind {
@@ -33,6 +38,7 @@ impl ErrorKind {
             ErrorKind::Device => "device",
             ErrorKind::Exception => "exception",
             ErrorKind::Bus => "bus",
+            ErrorKind::Conversion => "conversion",
         }
     }
 }

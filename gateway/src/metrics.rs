@@ -21,7 +21,7 @@
 //! | `gateway_consumer_skipped_frames_total` | counter | consumer (dropped by retention before read) |
 //! | `gateway_device_up` | gauge | device |
 //! | `gateway_device_polls_total` | counter | device |
-//! | `gateway_device_errors_total` | counter | device, kind = timeout, connection, protocol, exception, device, bus; code (the driver's error code: Modbus exception code, or -1 timeout, -2 connection, -3 malformed; 0 when none) |
+//! | `gateway_device_errors_total` | counter | device, kind = timeout, connection, protocol, exception, conversion, device, bus; code (the driver's error code: Modbus exception code, or -1 timeout, -2 connection, -3 malformed; 0 when none) |
 //! | `gateway_device_requests_total` | counter | device (requests sent, busy retries included) |
 //! | `gateway_device_skipped_ticks_total` | counter | device (scheduled polls skipped after an overrun) |
 //! | `gateway_device_suppressed_samples_total` | counter | device (withheld by deadband) |

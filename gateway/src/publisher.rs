@@ -105,9 +105,15 @@ impl DriverHost for BusHost {
             Some(e) => {
                 st.errors += 1;
                 // Offline stays Offline until the driver says it is back. A
-                // protocol exception is an answer: the device stays Online
-                // (the tag is BAD, `last_error` says why).
-                let answered = r.errors.iter().all(|e| e.kind == drivers::ErrorKind::Exception);
+                // protocol exception or a value that does not convert is an
+                // answer: the device stays Online (the tag is BAD,
+                // `last_error` says why).
+                let answered = r.errors.iter().all(|e| {
+                    matches!(
+                        e.kind,
+                        drivers::ErrorKind::Exception | drivers::ErrorKind::Conversion
+                    )
+                });
                 if st.status != DeviceStatus::Offline {
                     st.status = if answered {
                         DeviceStatus::Online

@@ -412,6 +412,92 @@ fn opcua_bad_status_is_a_bad_sample_counted_per_device_and_good_values_go_on() {
     stop(g);
 }
 
+#[test]
+fn an_opcua_value_that_does_not_fit_its_data_type_is_counted_logged_and_bad() {
+    // Matrix row 3b: the server sends a usable value that the tag's
+    // `data_type` cannot hold — a String read as Int32 (BadTypeMismatch),
+    // Int16 -30000 read as UInt8 (BadOutOfRange). The gateway refuses the
+    // conversion (no silent rounding): BAD sample with that status code,
+    // `gateway_device_errors_total{kind="conversion"}`, one warning per tag
+    // per burst; the device stays Online and its good tag goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let server = OpcuaServer::asyncua(dir.path(), &["--period", "0.1"]);
+    let head = format!(
+        "protocol = \"opcua\"\nendpoint = \"{}\"\nmode = \"poll\"\nscan_interval = \"200ms\"\n\
+         timeout = \"2s\"\nretry_interval = \"200ms\"\nmax_retry_interval = \"1s\"",
+        server.url
+    );
+    let tags = [
+        tag_entry("text", "ns=2;s=Types/String", "Int32", ""),
+        tag_entry("small", "ns=2;s=Types/Int16", "UInt8", ""),
+        tag_entry("counter", "ns=2;s=Dynamic/Counter", "UInt32", ""),
+    ];
+    let demo = DemoDir::with_devices(&[device_file("conv", &head, &tags)]);
+    let mut g = Gateway::start(&demo, &[]);
+    g.wait_until("five polls with good counter values", LIMIT, |g| {
+        g.metric("gateway_device_polls_total", &[("device", "conv")])
+            .is_some_and(|p| p >= 5.0)
+    });
+    const BAD_TYPE_MISMATCH: i64 = 0x8074_0000u32 as i32 as i64;
+    const BAD_OUT_OF_RANGE: i64 = 0x803C_0000u32 as i32 as i64;
+    let frames = wal_frames(&demo.wal());
+    let latest = latest_samples(&frames, "conv");
+    for (tag, code) in [("text", BAD_TYPE_MISMATCH), ("small", BAD_OUT_OF_RANGE)] {
+        let s = &latest[tag];
+        assert_eq!(s["quality"], "BAD", "{tag}: {s}");
+        assert_eq!(s["value"], Value::Null, "{tag}: {s}");
+        assert_eq!(s["error_code"], code, "{tag}: {s}");
+    }
+    assert_eq!(latest["counter"]["quality"], "GOOD");
+    // Counted per poll and per refused value (two per poll), from one scrape.
+    let (_, body) = g.get("/metrics").expect("metrics");
+    let polls = metric_in(&body, "gateway_device_polls_total", &[("device", "conv")]).unwrap_or(0.0);
+    let errors = "gateway_device_errors_total";
+    let mismatch = metric_in(
+        &body,
+        errors,
+        &[
+            ("device", "conv"),
+            ("kind", "conversion"),
+            ("code", &BAD_TYPE_MISMATCH.to_string()),
+        ],
+    );
+    let range = metric_in(
+        &body,
+        errors,
+        &[
+            ("device", "conv"),
+            ("kind", "conversion"),
+            ("code", &BAD_OUT_OF_RANGE.to_string()),
+        ],
+    );
+    assert!(
+        mismatch.is_some_and(|m| m >= polls - 1.0 && m <= polls),
+        "{mismatch:?} type mismatches in {polls} polls"
+    );
+    assert_eq!(mismatch, range, "one of each per poll");
+    assert_eq!(
+        metric_in(&body, errors, &[("device", "conv")]),
+        mismatch.map(|m| 2.0 * m),
+        "no other kind of error"
+    );
+    // The server answered: Online, the reason in `last_error`.
+    let st = device_status(&g, "conv");
+    assert_eq!(st["status"], "Online", "{st}");
+    // One warning per tag (both within the first 10 s).
+    let lines = log_lines(&g, "OPC UA value does not convert to the tag's data type");
+    for (tag, code) in [("text", "BadTypeMismatch"), ("small", "BadOutOfRange")] {
+        let of_tag: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains(&format!("tag=\"{tag}\"")) || l.contains(&format!("tag={tag} ")))
+            .collect();
+        assert_eq!(of_tag.len(), 1, "{tag}: {lines:#?}");
+        assert!(of_tag[0].contains(code), "{code} not in {:?}", of_tag[0]);
+        assert!(of_tag[0].contains("WARN"), "{:?}", of_tag[0]);
+    }
+    stop(g);
+}
+
 // Row 4 (InfluxDB refuses a line: HTTP 400, field type conflict) is
 // tests/tests/influx.rs, `a_point_the_server_refuses_is_dead_lettered_and_the_rest_flows`.
 

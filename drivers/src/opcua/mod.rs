@@ -69,6 +69,7 @@ use proto::Sample;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::burst_log::{BurstLog, LOG_EVERY};
 use crate::pipeline::Pipeline;
 use crate::sample::{self, now_ns, Deadband};
 use crate::status::{link_event, LinkStatus};
@@ -144,6 +145,9 @@ struct Driver<H: DriverHost> {
     writes_open: bool,
     /// Per tag read as array elements: how many `tag[i]` it last published.
     elements: HashMap<usize, usize>,
+    /// Rate limit of the warning for values that do not convert to their
+    /// tag's data type, per tag.
+    refusals: HashMap<usize, BurstLog>,
 }
 
 /// Runs one OPC UA device until shutdown.
@@ -196,6 +200,7 @@ pub async fn run<H: DriverHost>(
         reason: String::new(),
         writes_open: true,
         elements: HashMap::new(),
+        refusals: HashMap::new(),
     };
     let mut writes = writes.lock_owned().await;
     let mut pipeline = Pipeline::new(host);
@@ -688,12 +693,39 @@ impl<H: DriverHost> Driver<H> {
         dv: DataValue,
         now: u64,
         out: &mut Vec<Sample>,
+        errors: &mut Vec<PollError>,
     ) -> u32 {
         let Some(t) = self.device.tags.get(tag) else {
             return 0;
         };
         let ts = value::timestamp(&dv, self.opts.timestamp, now);
+        let server_bad = dv.status.is_some_and(|s| s.is_bad());
         let mut samples = value::samples(t, dv, array_mode, ts);
+        // A value the server sent as usable that does not fit the tag's
+        // data type (BadTypeMismatch, BadOutOfRange): the gateway's own
+        // refusal, counted (`kind="conversion"`) and logged once per burst.
+        if !server_bad {
+            if let Some(s) = samples
+                .iter()
+                .find(|s| s.quality == proto::Quality::Bad as i32 && s.error_code != 0)
+            {
+                errors.push(PollError {
+                    kind: ErrorKind::Conversion,
+                    code: s.error_code,
+                });
+                if let Some(failed) = self.refusals.entry(tag).or_default().note() {
+                    let code = StatusCode::from(s.error_code as u32);
+                    tracing::warn!(
+                        device = self.device.name,
+                        tag = t.name,
+                        data_type = ?t.data_type,
+                        code = %code,
+                        failed,
+                        "OPC UA value does not convert to the tag's data type; the sample is BAD (logged once per {LOG_EVERY:?} per tag)"
+                    );
+                }
+            }
+        }
         if array_mode == config::ArrayMode::Elements {
             let elements = samples.iter().filter(|s| s.tag != t.name).count();
             let mut gone = Vec::new();
@@ -738,13 +770,14 @@ impl<H: DriverHost> Driver<H> {
         let mut samples = Vec::with_capacity(values.len());
         let mut suppressed = 0;
         let mut bad = 0u64;
+        let mut errors = Vec::new();
         for (handle, dv) in values {
             let Some(item) = self.items.get(&handle) else {
                 continue;
             };
             let (tag, array_mode) = (item.tag, item.array_mode);
             bad += u64::from(dv.status.is_some_and(|s| s.is_bad()));
-            suppressed += self.admit(tag, array_mode, dv, now, &mut samples);
+            suppressed += self.admit(tag, array_mode, dv, now, &mut samples, &mut errors);
         }
         if bad > 0 {
             self.host.opcua(OpcuaStat::BadValues(bad));
@@ -752,6 +785,7 @@ impl<H: DriverHost> Driver<H> {
         let report = PollReport {
             duration: t0.elapsed(),
             suppressed,
+            errors,
             ..PollReport::default()
         };
         pipeline
@@ -829,7 +863,7 @@ impl<H: DriverHost> Driver<H> {
                 Ok(values) => {
                     for (it, dv) in read.iter().zip(values) {
                         bad += u64::from(dv.status.is_some_and(|s| s.is_bad()));
-                        suppressed += self.admit(it.tag, it.array_mode, dv, now, &mut samples);
+                        suppressed += self.admit(it.tag, it.array_mode, dv, now, &mut samples, &mut errors);
                     }
                 }
                 Err((code, kind, why)) => {
