@@ -44,6 +44,12 @@ cargo fmt --all -- --check
 log "cargo clippy (release profile, shared with the tests)"
 cargo clippy --workspace --all-targets --release --locked -- -D warnings
 
+# The Debian package: built from the release binary (which this also
+# builds for the tests), its contents, conffiles, maintainer scripts and
+# unit checked in a scratch root (scripts/package.sh).
+log "Debian package (cargo-deb)"
+scripts/package.sh --check
+
 log "cargo test (release profile)"
 results="$(mktemp)"
 STARTED+=("rm -f '$results'")

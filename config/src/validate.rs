@@ -936,9 +936,12 @@ fn modbus_tag(
     }
 }
 
-/// Devices that share one serial port must agree on its line settings.
+/// Devices that share one serial port must agree on its line settings,
+/// and each must have its own unit id (two files polling one slave would
+/// interleave their requests and both read the same registers).
 pub(crate) fn serial_ports(devices: &[(DeviceConfig, Source)], errors: &mut Vec<ConfigError>) {
     let mut seen: HashMap<String, (&str, crate::SerialSettings)> = HashMap::new();
+    let mut units: HashMap<(String, u8), &str> = HashMap::new();
     for (d, src) in devices {
         let DriverOptions::Modbus(m) = &d.driver else {
             continue;
@@ -947,6 +950,16 @@ pub(crate) fn serial_ports(devices: &[(DeviceConfig, Source)], errors: &mut Vec<
             continue;
         }
         let Some(s) = m.serial() else { continue };
+        if let Some(other) = units.insert((s.port.clone(), m.unit_id), d.name.as_str()) {
+            errors.push(src.error(
+                "unit_id",
+                format!(
+                    "unit id {} on {} is already device {other:?}; each slave on a serial line \
+                     needs its own unit id (one device file per slave)",
+                    m.unit_id, s.port
+                ),
+            ));
+        }
         match seen.get(&s.port) {
             Some((other, first)) if *first != s => errors.push(src.error(
                 "port",

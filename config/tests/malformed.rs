@@ -1242,6 +1242,17 @@ fn modbus_devices_sharing_a_port_must_agree_on_its_settings() {
     t.write("devices/m2.toml", rtu("m2", 2, 9600));
     let c = t.ok();
     assert_eq!(c.device("m2").unwrap().endpoint, "/dev/ttyUSB0");
+    // Two files for one slave of the line.
+    t.write("devices/m2.toml", rtu("m2", 1, 9600));
+    let errs = t.errors();
+    expect(
+        &errs,
+        "devices/m2.toml",
+        "unit_id",
+        (5, 11),
+        "unit id 1 on /dev/ttyUSB0 is already device \"m1\"",
+    );
+    count(&errs, 1);
     // A serial device without `port`.
     t.write(
         "devices/m2.toml",

@@ -116,3 +116,16 @@ ensure_postgres() {
     log "PostgreSQL did not start on 127.0.0.1:5432"
     return 1
 }
+
+# The Debian package tool (scripts/package.sh): cargo-deb, pinned, built once
+# into ~/.cargo/bin; dpkg-dev for dpkg-shlibdeps ($auto dependencies) and
+# systemd for `systemd-analyze verify` of the unit.
+CARGO_DEB_VERSION=3.8.0
+ensure_cargo_deb() {
+    ensure_deb dpkg-dev systemd || return 1
+    if cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+        return 0
+    fi
+    log "installing cargo-deb $CARGO_DEB_VERSION"
+    cargo install --quiet --locked --version "$CARGO_DEB_VERSION" cargo-deb
+}
