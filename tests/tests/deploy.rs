@@ -66,6 +66,27 @@ fn the_example_configurations_pass_check_and_name_every_missing_secret() {
 }
 
 #[test]
+fn the_compose_lab_configuration_passes_check() {
+    // deploy/compose/gateway is mounted as /etc/gateway in the lab; its
+    // secrets come from the compose file's environment.
+    let config = repo_dir().join("deploy/compose/gateway/gateway.toml");
+    let out = check(
+        &config,
+        &[
+            ("GATEWAY_API_TOKEN", "lab-token"),
+            ("INFLUX_PASSWORD", "lab-influx"),
+            ("PG_PASSWORD", "lab-pg"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn the_packaged_default_configuration_passes_check() {
     // deploy/debian/etc is what the package installs to /etc/gateway; the
     // data dir is moved into a temp dir (check does not create it anyway).
