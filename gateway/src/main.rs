@@ -188,8 +188,23 @@ pub fn load_config(path: &std::path::Path) -> Result<config::Config, Failure> {
     config::load(path).map_err(|e| Failure::Config(e.to_string()))
 }
 
+/// The one-shot commands (`check`, `wal`, `discover`, …) behave like other
+/// Unix tools when their output pipe closes (`gateway check | head -1`):
+/// SIGPIPE ends them quietly. Rust ignores SIGPIPE, so `println!` would
+/// panic on EPIPE instead. `run` keeps it ignored: a peer closing a socket
+/// must be an error to handle, not the end of the gateway.
+fn default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Run { .. }) {
+        default_sigpipe();
+    }
     init_logging(cli.log_format);
     let result = match cli.command {
         Cmd::Run { config } => load_config(&config).and_then(|c| {

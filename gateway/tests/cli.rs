@@ -282,3 +282,29 @@ fn db_commands_need_a_postgres_sink() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no postgres sink named \"nope\""), "{stderr}");
 }
+
+/// `gateway check | head -1`: the reader closes the pipe early. The command
+/// ends quietly (SIGPIPE, or done before it), it does not panic on EPIPE.
+#[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo/gateway.toml");
+    let mut child = gateway()
+        .args(["check", "--config"])
+        .arg(&demo)
+        .env("GATEWAY_DATA_DIR", std::env::temp_dir().join("gw-cli-pipe"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn gateway check");
+    // Close the read end before the child writes its summary.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}

@@ -23,6 +23,15 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("PLC_OPCUA_PASSWORD", "example-plc"),
 ];
 
+/// A command's stdout and stderr, for assertion messages.
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn check(config: &Path, env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(gateway_bin());
     cmd.args(["check", "--config"]).arg(config).env_clear();
@@ -39,11 +48,7 @@ fn check(config: &Path, env: &[(&str, &str)]) -> std::process::Output {
 fn the_example_configurations_pass_check_and_name_every_missing_secret() {
     let config = repo_dir().join("deploy/examples/gateway.toml");
     let out = check(&config, EXAMPLE_ENV);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = text(&out);
     assert!(out.status.success(), "{text}");
     // Every example device is loaded (one file per RTU slave).
     for device in [
@@ -78,12 +83,7 @@ fn the_compose_lab_configuration_passes_check() {
             ("PG_PASSWORD", "lab-pg"),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
@@ -110,12 +110,7 @@ fn the_packaged_default_configuration_passes_check() {
     )
     .unwrap();
     let out = check(&tmp.path().join("gateway.toml"), &[]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
@@ -145,11 +140,7 @@ fn the_systemd_unit_verifies_cleanly() {
         .arg(&path)
         .output()
         .expect("systemd-analyze");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = text(&out);
     assert!(out.status.success() && text.trim().is_empty(), "{text}");
     // The same check catches a mistake (so it is not vacuous).
     std::fs::write(
@@ -215,11 +206,7 @@ fn every_metric_of_the_grafana_dashboard_exists_in_a_live_scrape() {
         .arg(EVENT_ONLY.join(","))
         .output()
         .expect("python3");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = text(&out);
     assert!(out.status.success(), "{text}");
     // The check can fail: a dashboard naming a metric that does not exist.
     let dash = std::fs::read_to_string(repo_dir().join("deploy/grafana/gateway-dashboard.json")).unwrap();
