@@ -32,6 +32,15 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// `systemd-analyze verify` of the unit file at `path`.
+fn verify_unit(path: &Path) -> std::process::Output {
+    Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(path)
+        .output()
+        .expect("systemd-analyze")
+}
+
 fn check(config: &Path, env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(gateway_bin());
     cmd.args(["check", "--config"]).arg(config).env_clear();
@@ -135,11 +144,7 @@ fn the_systemd_unit_verifies_cleanly() {
         unit.replace("/usr/bin/gateway", &gateway_bin().display().to_string()),
     )
     .unwrap();
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze");
+    let out = verify_unit(&path);
     let text = text(&out);
     assert!(out.status.success() && text.trim().is_empty(), "{text}");
     // The same check catches a mistake (so it is not vacuous).
@@ -149,11 +154,7 @@ fn the_systemd_unit_verifies_cleanly() {
             .replace("/usr/bin/gateway", &gateway_bin().display().to_string()),
     )
     .unwrap();
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze");
+    let out = verify_unit(&path);
     assert!(
         !String::from_utf8_lossy(&out.stderr).trim().is_empty(),
         "a broken Type= went unnoticed"
